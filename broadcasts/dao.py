@@ -1,0 +1,225 @@
+"""Named queries. Every function takes the session explicitly and never commits
+(`db.unit_of_work` does). The status history is only ever inserted into.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from broadcasts.errors import UnknownEvent
+from broadcasts.models import (
+    NUMBER_SEQUENCE,
+    SENDING,
+    BroadcastEvent,
+    BroadcastProviderMessage,
+    BroadcastProviderMessageNumber,
+    BroadcastProviderMessageStatus,
+    LinkTestResult,
+    ServiceBroadcastProvider,
+    ServiceBroadcastSettings,
+    utcnow,
+)
+
+
+def get_event(session: Session, event_id: uuid.UUID) -> BroadcastEvent:
+    event = session.get(BroadcastEvent, event_id)
+    if event is None:
+        raise UnknownEvent(event_id)
+    return event
+
+
+def earlier_events(session: Session, event: BroadcastEvent) -> list[BroadcastEvent]:
+    """Events of the same broadcast message with a strictly earlier `sent_at`, oldest first."""
+    query = (
+        select(BroadcastEvent)
+        .where(
+            BroadcastEvent.broadcast_message_id == event.broadcast_message_id,
+            BroadcastEvent.sent_at < event.sent_at,
+        )
+        .order_by(BroadcastEvent.sent_at, BroadcastEvent.id)
+    )
+    return list(session.scalars(query))
+
+
+def available_providers(
+    session: Session, service_id: uuid.UUID, enabled: Sequence[str]
+) -> list[str]:
+    """The service's allowed providers ∩ the enabled ones, in enabled order (no rows: all enabled)."""
+    allowed = set(
+        session.scalars(
+            select(ServiceBroadcastProvider.provider).where(
+                ServiceBroadcastProvider.service_id == service_id
+            )
+        )
+    )
+    return [name for name in enabled if not allowed or name in allowed]
+
+
+def channel(session: Session, service_id: uuid.UUID) -> str:
+    settings = session.get(ServiceBroadcastSettings, service_id)
+    return settings.channel if settings else "test"
+
+
+def next_message_number(session: Session) -> int:
+    """Draws from the one sequence shared by provider messages and link tests."""
+    if session.get_bind().dialect.name == "postgresql":
+        return int(session.scalar(select(func.nextval(NUMBER_SEQUENCE))))
+    # SQLite has no sequences: a one-row counter, safe because every write holds the write lock.
+    return int(
+        session.execute(
+            text(f"UPDATE {NUMBER_SEQUENCE} SET last_value = last_value + 1 RETURNING last_value")
+        ).scalar_one()
+    )
+
+
+def get_provider_message(
+    session: Session, event_id: uuid.UUID, provider: str
+) -> BroadcastProviderMessage | None:
+    return session.scalar(
+        select(BroadcastProviderMessage).where(
+            BroadcastProviderMessage.broadcast_event_id == event_id,
+            BroadcastProviderMessage.provider == provider,
+        )
+    )
+
+
+def get_or_create_provider_message(
+    session: Session, event_id: uuid.UUID, provider: str, numbered: bool
+) -> BroadcastProviderMessage:
+    """The one provider message for (event, provider), created with status `sending`, its first
+    history row and (when `numbered`) its message number, all in the caller's transaction.
+
+    When two processes race, the unique constraint lets exactly one insert win; the other's
+    insert does nothing and it reads the winner's row.
+    """
+    existing = get_provider_message(session, event_id, provider)
+    if existing is not None:
+        return existing
+    new_id = uuid.uuid4()
+    now = utcnow()
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    inserted = session.execute(
+        insert(BroadcastProviderMessage)
+        .values(
+            id=new_id,
+            broadcast_event_id=event_id,
+            provider=provider,
+            status=SENDING,
+            created_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["broadcast_event_id", "provider"])
+        .returning(BroadcastProviderMessage.id)
+    ).scalar_one_or_none()
+    if inserted is not None:
+        if numbered:
+            session.add(
+                BroadcastProviderMessageNumber(
+                    broadcast_provider_message_number=next_message_number(session),
+                    broadcast_provider_message_id=new_id,
+                )
+            )
+        session.add(
+            BroadcastProviderMessageStatus(
+                broadcast_provider_message_id=new_id, status=SENDING, created_at=now
+            )
+        )
+        session.flush()
+    message = get_provider_message(session, event_id, provider)
+    assert message is not None, "the winning insert is committed before the loser reads"
+    return message
+
+
+def append_status(
+    session: Session,
+    message: BroadcastProviderMessage,
+    status: str,
+    *,
+    route: str | None = None,
+    attempt: int | None = None,
+    detail: dict[str, Any] | None = None,
+) -> BroadcastProviderMessageStatus:
+    """Adds a history row and makes it the current status, in one transaction."""
+    row = BroadcastProviderMessageStatus(
+        broadcast_provider_message_id=message.id,
+        status=status,
+        route=route,
+        attempt=attempt,
+        detail=detail,
+        created_at=utcnow(),
+    )
+    session.add(row)
+    session.execute(
+        update(BroadcastProviderMessage)
+        .where(BroadcastProviderMessage.id == message.id)
+        .values(status=status, updated_at=row.created_at)
+    )
+    message.status = status
+    session.flush()
+    return row
+
+
+def history(session: Session, message_id: uuid.UUID) -> list[BroadcastProviderMessageStatus]:
+    return list(
+        session.scalars(
+            select(BroadcastProviderMessageStatus)
+            .where(BroadcastProviderMessageStatus.broadcast_provider_message_id == message_id)
+            .order_by(BroadcastProviderMessageStatus.id)
+        )
+    )
+
+
+def current_status(session: Session, message_id: uuid.UUID) -> str | None:
+    return session.scalar(
+        select(BroadcastProviderMessage.status).where(BroadcastProviderMessage.id == message_id)
+    )
+
+
+def attempts_so_far(session: Session, message_id: uuid.UUID) -> int:
+    """How many proxy attempts the history records for this provider message (over all runs)."""
+    return int(
+        session.scalar(
+            select(func.coalesce(func.max(BroadcastProviderMessageStatus.attempt), 0)).where(
+                BroadcastProviderMessageStatus.broadcast_provider_message_id == message_id
+            )
+        )
+    )
+
+
+def provider_messages(session: Session, event_ids: Sequence[uuid.UUID], provider: str | None = None
+) -> list[BroadcastProviderMessage]:
+    query = select(BroadcastProviderMessage).where(
+        BroadcastProviderMessage.broadcast_event_id.in_(list(event_ids))
+    )
+    if provider is not None:
+        query = query.where(BroadcastProviderMessage.provider == provider)
+    return list(session.scalars(query))
+
+
+def record_link_test_result(
+    session: Session,
+    *,
+    provider: str,
+    route: str,
+    identifier: uuid.UUID,
+    message_number: int | None,
+    ok: bool,
+    detail: dict[str, Any] | None,
+) -> LinkTestResult:
+    row = LinkTestResult(
+        provider=provider,
+        route=route,
+        identifier=identifier,
+        message_number=message_number,
+        ok=ok,
+        detail=detail,
+        created_at=utcnow(),
+    )
+    session.add(row)
+    session.flush()
+    return row

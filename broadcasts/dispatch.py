@@ -1,0 +1,207 @@
+"""One provider send, start to finish: the checks, the provider message, the proxy call, the record.
+
+`send_to_provider` is what the orchestrator runs for each (event, provider) on every attempt.
+It is safe to run any number of times, concurrently, after a crash or after success:
+
+- the provider message (the identifier the network sees) is created once and reused;
+- once it is `returned-ack` nothing calls the proxy for it again;
+- a database lock (`send_lock`) stops two runs calling the proxy for it at the same time;
+- every attempt's outcome is appended to its history before the next one starts.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from broadcasts import dao, guards, send_lock
+from broadcasts.cbc_proxy import CBCProxy
+from broadcasts.db import unit_of_work
+from broadcasts.errors import (
+    AllRoutesFailed,
+    DispatchError,
+    EarlierEventFailed,
+    EarlierEventPending,
+    EventExpired,
+    InvalidBroadcast,
+    PayloadError,
+    RetryableError,
+    SendInProgress,
+)
+from broadcasts.models import (
+    RETURNED_ACK,
+    RETURNED_ERROR,
+    SENDING,
+    TECHNICAL_FAILURE,
+    BroadcastEvent,
+    BroadcastProviderMessage,
+    utcnow,
+)
+from broadcasts.payloads import Reference, build_payload
+from broadcasts.providers import Provider, get_provider
+
+
+@dataclass(frozen=True)
+class SendResult:
+    provider: str
+    status: str
+    provider_message_id: uuid.UUID
+    message_number: int | None
+    route: str | None  # the proxy function that acknowledged, when this run sent it
+    sent_now: bool  # False when it was already acknowledged before this run
+
+
+@dataclass(frozen=True)
+class _Ready:
+    message_id: uuid.UUID
+    message_number: int | None
+    payload: dict[str, Any]
+    expires_at: datetime | None
+
+
+def _number(message: BroadcastProviderMessage) -> int | None:
+    return message.number.broadcast_provider_message_number if message.number else None
+
+
+def _ack(message: BroadcastProviderMessage, route: str | None, sent_now: bool) -> SendResult:
+    return SendResult(message.provider, RETURNED_ACK, message.id, _number(message), route, sent_now)
+
+
+def _prepare(
+    session: Session, event: BroadcastEvent, provider: Provider, headline: str, now: datetime
+) -> _Ready | SendResult:
+    """Rules 2-5 of SPEC §4, then the provider message and its payload."""
+    guards.ensure_valid_broadcast(event)
+    message = dao.get_provider_message(session, event.id, provider.name)
+    if guards.is_acknowledged(message):
+        assert message is not None
+        return _ack(message, None, sent_now=False)
+    guards.ensure_not_expired(event, message, now)
+    earlier = dao.earlier_events(session, event)
+    earlier_messages = {
+        m.broadcast_event_id: m
+        for m in dao.provider_messages(session, [e.id for e in earlier], provider.name)
+    }
+    pairs = [(e, earlier_messages.get(e.id)) for e in earlier]
+    try:
+        guards.ensure_earlier_events_acknowledged(event, provider.name, pairs)
+    except EarlierEventPending:
+        # Create it now so the identifier (and Vodafone number) is fixed while it waits.
+        dao.get_or_create_provider_message(session, event.id, provider.name, provider.numbered)
+        raise
+    message = dao.get_or_create_provider_message(session, event.id, provider.name, provider.numbered)
+    references = [
+        Reference(m.id, e.sent_at, _number(m)) for e, m in pairs if m is not None
+    ]
+    payload = build_payload(
+        provider,
+        event,
+        identifier=message.id,
+        message_number=_number(message),
+        references=references,
+        channel=dao.channel(session, event.service_id),
+        headline=headline,
+    )
+    return _Ready(message.id, _number(message), payload, event.transmitted_finishes_at)
+
+
+def send_to_provider(
+    engine: Engine,
+    proxy: CBCProxy,
+    event_id: uuid.UUID,
+    provider_name: str,
+    *,
+    headline: str,
+    now: Callable[[], datetime] = utcnow,
+    provider_slot: Callable[[], AbstractContextManager[Any]] = nullcontext,
+) -> SendResult:
+    """Send one event to one provider once, or raise why not (see `errors`).
+
+    `provider_slot` is entered only around the proxy call (the orchestrator's per-provider
+    concurrency limit), never while waiting for a retry.
+    """
+    provider = get_provider(provider_name)
+    stop: Exception | None = None
+    with unit_of_work(engine) as session:
+        event = dao.get_event(session, event_id)
+        guards.ensure_service_may_broadcast(event)  # rule 1: refused, nothing recorded
+        expires_at = event.transmitted_finishes_at
+        try:
+            ready = _prepare(session, event, provider, headline, now())
+        except (InvalidBroadcast, EventExpired, EarlierEventFailed, PayloadError) as error:
+            _record_failure(session, event_id, provider, error)
+            stop = error
+        except RetryableError as error:
+            error.expires_at = expires_at
+            stop = error
+    # Raised after the transaction above commits, so what was recorded stays recorded.
+    if stop is not None:
+        raise stop
+    if isinstance(ready, SendResult):
+        return ready
+    return _attempt(engine, proxy, provider, ready, provider_slot, now)
+
+
+def _record_failure(session: Session, event_id: uuid.UUID, provider: Provider, error: Exception) -> None:
+    message = dao.get_or_create_provider_message(session, event_id, provider.name, provider.numbered)
+    dao.append_status(session, message, TECHNICAL_FAILURE, detail={"error": str(error)})
+
+
+def _attempt(
+    engine: Engine,
+    proxy: CBCProxy,
+    provider: Provider,
+    ready: _Ready,
+    provider_slot: Callable[[], AbstractContextManager[Any]],
+    now: Callable[[], datetime],
+) -> SendResult:
+    with send_lock.exclusive(engine, ready.message_id) as held:
+        if not held:
+            error = SendInProgress(ready.payload["identifier"], provider.name)
+            error.expires_at = ready.expires_at
+            raise error
+        with unit_of_work(engine) as session:
+            message = session.get_one(BroadcastProviderMessage, ready.message_id)
+            if guards.is_acknowledged(message):  # another run finished while we prepared
+                return _ack(message, None, sent_now=False)
+            attempt = dao.attempts_so_far(session, message.id) + 1
+            if message.status == TECHNICAL_FAILURE:  # an operator's replay
+                dao.append_status(session, message, SENDING, detail={"reason": "replayed"})
+        failed: AllRoutesFailed | None = None
+        with provider_slot():
+            try:
+                delivered = proxy.send(provider, ready.payload)
+            except AllRoutesFailed as error:
+                failed = error
+        with unit_of_work(engine) as session:
+            message = session.get_one(BroadcastProviderMessage, ready.message_id)
+            if failed is None:
+                failures = [f.as_dict() for f in delivered.failures]
+                dao.append_status(
+                    session, message, RETURNED_ACK, route=delivered.function, attempt=attempt,
+                    detail={"failed_routes": failures} if failures else None,
+                )
+                return _ack(message, delivered.function, sent_now=True)
+            detail = {"error": str(failed), "failed_routes": failed.failures}
+            outcome: DispatchError = failed
+            if ready.expires_at is not None and ready.expires_at < now():
+                outcome = EventExpired(message.broadcast_event_id, ready.expires_at, while_retrying=True)
+                detail["error"] = f"{outcome}; last attempt: {failed}"
+                dao.append_status(session, message, TECHNICAL_FAILURE, attempt=attempt, detail=detail)
+            else:
+                failed.expires_at = ready.expires_at
+                dao.append_status(session, message, RETURNED_ERROR, attempt=attempt, detail=detail)
+    raise outcome
+
+
+def providers_for_event(session: Session, event_id: uuid.UUID, enabled: Sequence[str]) -> list[str]:
+    """The providers an event goes to: its service's list ∩ the enabled list, in enabled order."""
+    event = dao.get_event(session, event_id)
+    return dao.available_providers(session, event.service_id, enabled)

@@ -1,0 +1,120 @@
+"""Why a send did not happen, as exception types an operator can act on.
+
+    DispatchError
+    ├── RetryableError            the orchestrator retries (1, 2, 4 … 240 s) until the event expires
+    │   ├── AllRoutesFailed       primary and failover proxy both failed this attempt
+    │   ├── EarlierEventPending   an earlier event of the broadcast is not yet acknowledged
+    │   └── SendInProgress        another run is calling the proxy for this (event, provider)
+    └── NotSendable               never retried; the provider message (if any) says why
+        ├── SendRefused           nothing sent, nothing recorded
+        │   ├── MessageStubbed
+        │   └── ServiceNotLive    inactive or restricted (trial) service
+        ├── InvalidBroadcast      content or areas break SPEC §6   → technical-failure
+        ├── EventExpired          finishes_at has passed           → technical-failure
+        ├── EarlierEventFailed    an earlier event ended technical-failure → technical-failure
+        ├── PayloadError          a payload cannot be built from the stored rows
+        ├── UnknownEvent
+        └── UnknownProvider
+
+    InvalidInput                  bad operator/API input (not a UUID, malformed polygon …)
+
+Messages name the event, the provider and the next command to run.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+
+def replay_command(event_id: object, provider: str) -> str:
+    return f"broadcasts replay {event_id} {provider}"
+
+
+class DispatchError(Exception):
+    """Base of every reason a provider send did not complete."""
+
+
+class RetryableError(DispatchError):
+    """Worth trying again later. `expires_at` is when retrying must stop (None: never set)."""
+
+    expires_at: datetime | None = None
+
+
+class AllRoutesFailed(RetryableError):
+    def __init__(self, failures: list[dict]) -> None:
+        self.failures = failures
+        reasons = "; ".join(f"{f['function']}: {f['error']}" for f in failures)
+        super().__init__(f"every route failed ({reasons})")
+
+
+class EarlierEventPending(RetryableError):
+    def __init__(self, event_id: object, provider: str, earlier_event_id: object, status: str) -> None:
+        self.earlier_event_id = earlier_event_id
+        super().__init__(
+            f"event {event_id} waits for earlier event {earlier_event_id} to be acknowledged by "
+            f"{provider} (it is {status})"
+        )
+
+
+class SendInProgress(RetryableError):
+    def __init__(self, event_id: object, provider: str) -> None:
+        super().__init__(f"another run is sending event {event_id} to {provider}; will check again")
+
+
+class NotSendable(DispatchError):
+    """Retrying cannot help."""
+
+
+class SendRefused(NotSendable):
+    """The send was not allowed; nothing was sent and no provider message was written."""
+
+
+class MessageStubbed(SendRefused):
+    def __init__(self, event_id: object) -> None:
+        super().__init__(f"event {event_id} belongs to a stubbed broadcast message; nothing is sent")
+
+
+class ServiceNotLive(SendRefused):
+    def __init__(self, event_id: object, service_id: object, reason: str) -> None:
+        super().__init__(f"event {event_id}: service {service_id} is {reason}; nothing is sent")
+
+
+class InvalidBroadcast(NotSendable):
+    def __init__(self, event_id: object, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(f"event {event_id} cannot be broadcast: {'; '.join(problems)}")
+
+
+class EventExpired(NotSendable):
+    def __init__(self, event_id: object, finishes_at: datetime, while_retrying: bool) -> None:
+        what = "expired while retrying" if while_retrying else "expired"
+        super().__init__(f"event {event_id} {what} (finishes_at {finishes_at.isoformat()})")
+        self.reason = what
+
+
+class EarlierEventFailed(NotSendable):
+    def __init__(self, event_id: object, provider: str, earlier_event_id: object) -> None:
+        self.earlier_event_id = earlier_event_id
+        super().__init__(
+            f"event {event_id} is blocked for {provider}: earlier event {earlier_event_id} ended "
+            f"technical-failure. Fix it with `{replay_command(earlier_event_id, provider)}`, then "
+            f"`{replay_command(event_id, provider)}`"
+        )
+
+
+class PayloadError(NotSendable):
+    """Our data cannot make a valid payload; a bug or a bad row, never the route's fault."""
+
+
+class UnknownEvent(NotSendable):
+    def __init__(self, event_id: object) -> None:
+        super().__init__(f"no broadcast event with id {event_id}")
+
+
+class UnknownProvider(NotSendable):
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"unknown provider {name!r}; known: {', '.join(known)}")
+
+
+class InvalidInput(ValueError):
+    """Input from an operator or the service API that is malformed; nothing was written."""

@@ -1,0 +1,83 @@
+"""The checks of SPEC §4 that run before every attempt, as named pure rules over loaded rows.
+
+Each rule either returns quietly or raises the `errors` type that says why the send cannot go
+ahead now (retryable) or ever (not sendable). Time is always passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from broadcasts.errors import (
+    EarlierEventFailed,
+    EarlierEventPending,
+    EventExpired,
+    InvalidBroadcast,
+    MessageStubbed,
+    ServiceNotLive,
+)
+from broadcasts.models import (
+    RETURNED_ACK,
+    RETURNED_ERROR,
+    SENDING,
+    TECHNICAL_FAILURE,
+    BroadcastEvent,
+    BroadcastProviderMessage,
+)
+from broadcasts.validation import areas_problems, content_problems
+
+
+def ensure_service_may_broadcast(event: BroadcastEvent) -> None:
+    """Rule 1: stubbed messages and inactive or trial services send nothing."""
+    if event.broadcast_message.stubbed:
+        raise MessageStubbed(event.id)
+    if not event.service.active:
+        raise ServiceNotLive(event.id, event.service_id, "inactive")
+    if event.service.restricted:
+        raise ServiceNotLive(event.id, event.service_id, "restricted (trial mode)")
+
+
+def ensure_valid_broadcast(event: BroadcastEvent) -> None:
+    """Rule 2: content and areas an alert or update carries must fit SPEC §6 (a cancel carries
+    neither)."""
+    if event.message_type == "cancel":
+        return
+    problems = content_problems((event.transmitted_content or {}).get("body"))
+    problems += areas_problems(event.transmitted_areas)
+    if event.transmitted_finishes_at is None:
+        problems.append("no transmitted_finishes_at (an alert must expire)")
+    if problems:
+        raise InvalidBroadcast(event.id, problems)
+
+
+def is_acknowledged(message: BroadcastProviderMessage | None) -> bool:
+    """Rule 3: an acknowledged provider message is never sent again."""
+    return message is not None and message.status == RETURNED_ACK
+
+
+def ensure_not_expired(
+    event: BroadcastEvent, message: BroadcastProviderMessage | None, now: datetime
+) -> None:
+    """Rule 4: past `transmitted_finishes_at` nothing is sent (equal to now is not expired)."""
+    finishes_at = event.transmitted_finishes_at
+    if finishes_at is not None and finishes_at < now:
+        retrying = message is not None and message.status in (SENDING, RETURNED_ERROR)
+        raise EventExpired(event.id, finishes_at, while_retrying=retrying)
+
+
+def ensure_earlier_events_acknowledged(
+    event: BroadcastEvent,
+    provider: str,
+    earlier: Sequence[tuple[BroadcastEvent, BroadcastProviderMessage | None]],
+) -> None:
+    """Rule 5: every earlier event (strictly earlier `sent_at`, oldest first) must be
+    acknowledged by this provider. A failed one blocks; an unfinished one makes this send wait."""
+    for earlier_event, message in earlier:
+        assert earlier_event.sent_at < event.sent_at, "only strictly earlier events order a send"
+        if message is not None and message.status == TECHNICAL_FAILURE:
+            raise EarlierEventFailed(event.id, provider, earlier_event.id)
+    for earlier_event, message in earlier:
+        if not is_acknowledged(message):
+            status = message.status if message is not None else "not yet sent"
+            raise EarlierEventPending(event.id, provider, earlier_event.id, status)

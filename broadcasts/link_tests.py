@@ -1,0 +1,37 @@
+"""Link tests (SPEC §5): prove each route of each provider works, one call per route, no failover."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import Engine
+
+from broadcasts import dao
+from broadcasts.cbc_proxy import CBCProxy, LinkTestOutcome
+from broadcasts.db import unit_of_work
+from broadcasts.payloads import build_link_test_payload
+from broadcasts.providers import get_provider
+
+
+def link_test_route(engine: Engine, proxy: CBCProxy, provider_name: str, route: str) -> LinkTestOutcome:
+    """One link test on one route, recorded in `link_test_result` whatever the outcome."""
+    provider = get_provider(provider_name)
+    identifier = uuid.uuid4()
+    with unit_of_work(engine) as session:
+        number = dao.next_message_number(session) if provider.numbered else None
+    outcome = proxy.link_test(route, build_link_test_payload(provider, identifier, number))
+    with unit_of_work(engine) as session:
+        dao.record_link_test_result(
+            session,
+            provider=provider.name,
+            route=outcome.function,
+            identifier=identifier,
+            message_number=number,
+            ok=outcome.ok,
+            detail=outcome.detail or None,
+        )
+    return outcome
+
+
+def link_test_provider(engine: Engine, proxy: CBCProxy, provider_name: str) -> list[LinkTestOutcome]:
+    return [link_test_route(engine, proxy, provider_name, r) for r in get_provider(provider_name).routes]

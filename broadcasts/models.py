@@ -1,0 +1,218 @@
+"""The tables of SPEC §2, as SQLAlchemy 2 typed models. Names are the contract with the service API.
+
+Times are stored as naive UTC (`timestamp without time zone`, as the service API writes them) and
+handed to Python as aware UTC datetimes, on PostgreSQL and SQLite alike.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+    false,
+    true,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from broadcasts.providers import CHANNELS, PROVIDERS
+
+MESSAGE_TYPES = ("alert", "update", "cancel")
+MESSAGE_STATUSES = (
+    "draft",
+    "pending-approval",
+    "rejected",
+    "broadcasting",
+    "completed",
+    "cancelled",
+    "technical-failure",
+)
+SENDING, RETURNED_ERROR, RETURNED_ACK, TECHNICAL_FAILURE = (
+    "sending",
+    "returned-error",
+    "returned-ack",
+    "technical-failure",
+)
+PROVIDER_MESSAGE_STATUSES = (SENDING, RETURNED_ERROR, RETURNED_ACK, TECHNICAL_FAILURE)
+NUMBER_SEQUENCE = "broadcast_provider_message_number_seq"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def one_of(column: str, values: tuple[str, ...]) -> CheckConstraint:
+    allowed = ", ".join(f"'{v}'" for v in values)
+    return CheckConstraint(f"{column} IN ({allowed})", name=column)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: give times in UTC with tzinfo")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+# BIGINT on PostgreSQL; SQLite only auto-increments a column declared INTEGER PRIMARY KEY.
+Serial = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+class Service(Base):
+    __tablename__ = "services"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(255))
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    restricted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class ServiceBroadcastSettings(Base):
+    __tablename__ = "service_broadcast_settings"
+    __table_args__ = (one_of("channel", CHANNELS),)
+
+    service_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("services.id"), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(255))
+
+
+class ServiceBroadcastProvider(Base):
+    __tablename__ = "service_broadcast_providers"
+    __table_args__ = (one_of("provider", tuple(PROVIDERS)),)
+
+    service_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("services.id"), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(255), primary_key=True)
+
+
+class BroadcastMessage(Base):
+    __tablename__ = "broadcast_message"
+    __table_args__ = (one_of("status", MESSAGE_STATUSES),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    service_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("services.id"), index=True)
+    content: Mapped[str] = mapped_column(Text)
+    areas: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(255))
+    starts_at: Mapped[datetime | None]
+    finishes_at: Mapped[datetime | None]
+    stubbed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(onupdate=utcnow)
+
+    service: Mapped[Service] = relationship()
+
+
+class BroadcastEvent(Base):
+    __tablename__ = "broadcast_event"
+    __table_args__ = (one_of("message_type", MESSAGE_TYPES),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    service_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("services.id"))
+    broadcast_message_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("broadcast_message.id"), index=True
+    )
+    sent_at: Mapped[datetime] = mapped_column(default=utcnow)
+    message_type: Mapped[str] = mapped_column(String(255))
+    transmitted_content: Mapped[dict[str, Any] | None]
+    transmitted_areas: Mapped[dict[str, Any]]
+    transmitted_sender: Mapped[str | None] = mapped_column(String(255))
+    transmitted_starts_at: Mapped[datetime | None]
+    transmitted_finishes_at: Mapped[datetime | None]
+
+    service: Mapped[Service] = relationship()
+    broadcast_message: Mapped[BroadcastMessage] = relationship()
+
+
+class BroadcastProviderMessage(Base):
+    __tablename__ = "broadcast_provider_message"
+    __table_args__ = (
+        UniqueConstraint("broadcast_event_id", "provider"),
+        one_of("status", PROVIDER_MESSAGE_STATUSES),
+        one_of("provider", tuple(PROVIDERS)),
+    )
+
+    # The identifier the mobile network sees: created once, reused on every retry and replay.
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    broadcast_event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("broadcast_event.id"))
+    provider: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(onupdate=utcnow)
+
+    number: Mapped[BroadcastProviderMessageNumber | None] = relationship(lazy="joined")
+
+
+class BroadcastProviderMessageStatus(Base):
+    """Append-only: the data-access layer only ever inserts here."""
+
+    __tablename__ = "broadcast_provider_message_status"
+    __table_args__ = (one_of("status", PROVIDER_MESSAGE_STATUSES),)
+
+    id: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
+    broadcast_provider_message_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("broadcast_provider_message.id"), index=True
+    )
+    status: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    route: Mapped[str | None] = mapped_column(String(255))
+    attempt: Mapped[int | None] = mapped_column(Integer)  # 1-based count of proxy attempts
+    detail: Mapped[dict[str, Any] | None]
+
+
+class BroadcastProviderMessageNumber(Base):
+    """Vodafone message numbers; the number comes from `broadcast_provider_message_number_seq`."""
+
+    __tablename__ = "broadcast_provider_message_number"
+
+    broadcast_provider_message_number: Mapped[int] = mapped_column(
+        Integer, primary_key=True, autoincrement=False
+    )
+    broadcast_provider_message_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("broadcast_provider_message.id"), unique=True
+    )
+
+
+class LinkTestResult(Base):
+    __tablename__ = "link_test_result"
+
+    id: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
+    provider: Mapped[str] = mapped_column(String(255))
+    route: Mapped[str] = mapped_column(String(255))
+    identifier: Mapped[uuid.UUID] = mapped_column(Uuid)
+    message_number: Mapped[int | None] = mapped_column(Integer)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    detail: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

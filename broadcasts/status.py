@@ -1,0 +1,66 @@
+"""What happened to an event, per provider: the rows behind `broadcasts status` and the flow's table."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from broadcasts import dao
+from broadcasts.payloads import message_number_hex
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    status: str
+    created_at: datetime
+    attempt: int | None
+    route: str | None
+    detail: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class ProviderStatus:
+    provider: str
+    status: str
+    identifier: uuid.UUID
+    message_number: str | None
+    attempts: int
+    last_error: str | None
+    history: list[HistoryEntry] = field(default_factory=list)
+
+    def as_row(self) -> dict[str, Any]:
+        """One line of the per-provider table (no history)."""
+        return {
+            "provider": self.provider,
+            "status": self.status,
+            "identifier": str(self.identifier),
+            "message_number": self.message_number,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+        }
+
+
+def event_status(session: Session, event_id: uuid.UUID) -> list[ProviderStatus]:
+    """Every provider message of the event (raises UnknownEvent), in provider-name order."""
+    dao.get_event(session, event_id)
+    result = []
+    for message in sorted(dao.provider_messages(session, [event_id]), key=lambda m: m.provider):
+        rows = dao.history(session, message.id)
+        errors = [r.detail["error"] for r in rows if r.detail and r.detail.get("error")]
+        number = message.number.broadcast_provider_message_number if message.number else None
+        result.append(
+            ProviderStatus(
+                provider=message.provider,
+                status=message.status,
+                identifier=message.id,
+                message_number=message_number_hex(number) if number is not None else None,
+                attempts=max((r.attempt or 0 for r in rows), default=0),
+                last_error=errors[-1] if errors and message.status != "returned-ack" else None,
+                history=[HistoryEntry(r.status, r.created_at, r.attempt, r.route, r.detail) for r in rows],
+            )
+        )
+    return result

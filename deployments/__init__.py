@@ -1,0 +1,1 @@
+"""Entry points: the `broadcasts` command and (later) deployments, serving and the webhook."""

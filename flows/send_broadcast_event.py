@@ -1,0 +1,41 @@
+"""send-broadcast-event: send one event to every network its service may use, in parallel."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.states import Completed, Failed, State
+
+from broadcasts.db import get_engine, unit_of_work
+from broadcasts.dispatch import providers_for_event
+from broadcasts.settings import get_settings
+from broadcasts.validation import parse_uuid
+from flows.outcomes import publish_table, unacknowledged, wait_for_all
+from tasks.send_provider_message import with_schedule
+
+FLOW_NAME = "send-broadcast-event"
+
+
+@flow(name=FLOW_NAME, flow_run_name="send-broadcast-event-{broadcast_event_id}")
+def send_broadcast_event(broadcast_event_id: str) -> State:
+    logger = get_run_logger()
+    settings = get_settings()
+    if not settings.cbc_proxy_enabled:
+        logger.info("CBC_PROXY_ENABLED is false: nothing is sent for event %s", broadcast_event_id)
+        return Completed(message="dispatch disabled: nothing sent")
+
+    event_id = parse_uuid(broadcast_event_id, "broadcast event id")
+    with unit_of_work(get_engine(settings.database_url)) as session:
+        providers = providers_for_event(session, event_id, settings.enabled_cbcs)
+    if not providers:
+        logger.warning("event %s: its service may use none of the enabled providers %s; nothing sent",
+                       event_id, ", ".join(settings.enabled_cbcs))
+        return Completed(message="no available provider: nothing sent")
+
+    send = with_schedule(settings.broadcast_retry_delay_scale)
+    futures = send.map(unmapped(broadcast_event_id), providers)
+    rows = publish_table(event_id, wait_for_all(providers, futures))
+
+    missing = unacknowledged(rows, providers)
+    if missing:
+        return Failed(message=f"event {event_id} not acknowledged by {', '.join(missing)}")
+    return Completed(message=f"event {event_id} acknowledged by {', '.join(providers)}")

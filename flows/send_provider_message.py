@@ -1,0 +1,26 @@
+"""send-provider-message: an operator re-runs one (event, provider); a no-op once acknowledged."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.states import Completed, Failed, State
+
+from broadcasts.providers import get_provider
+from broadcasts.settings import get_settings
+from broadcasts.validation import parse_uuid
+from flows.outcomes import publish_table, unacknowledged, wait_for_all
+from tasks.send_provider_message import with_schedule
+
+FLOW_NAME = "send-provider-message"
+
+
+@flow(name=FLOW_NAME, flow_run_name="send-provider-message-{provider}-{broadcast_event_id}")
+def send_provider_message(broadcast_event_id: str, provider: str) -> State:
+    event_id = parse_uuid(broadcast_event_id, "broadcast event id")
+    get_provider(provider)  # an unknown provider fails here, before anything runs
+    send = with_schedule(get_settings().broadcast_retry_delay_scale)
+    future = send.submit(broadcast_event_id, provider)
+    rows = publish_table(event_id, wait_for_all([provider], [future]))
+    if unacknowledged(rows, [provider]):
+        return Failed(message=f"event {event_id} not acknowledged by {provider}: {rows[0]['last_error']}")
+    return Completed(message=f"event {event_id} acknowledged by {provider}")
