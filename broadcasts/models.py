@@ -17,6 +17,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -166,7 +167,9 @@ class BroadcastProviderMessage(Base):
 
     # The identifier the mobile network sees: created once, reused on every retry and replay.
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    broadcast_event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("broadcast_event.id"))
+    broadcast_event_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("broadcast_event.id", name="fk_broadcast_provider_message_event")
+    )
     provider: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -179,11 +182,14 @@ class BroadcastProviderMessageStatus(Base):
     """Append-only: the data-access layer only ever inserts here."""
 
     __tablename__ = "broadcast_provider_message_status"
-    __table_args__ = (one_of("status", PROVIDER_MESSAGE_STATUSES),)
+    __table_args__ = (
+        one_of("status", PROVIDER_MESSAGE_STATUSES),
+        Index("ix_broadcast_provider_message_status_message", "broadcast_provider_message_id"),
+    )
 
     id: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
     broadcast_provider_message_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("broadcast_provider_message.id"), index=True
+        ForeignKey("broadcast_provider_message.id", name="fk_broadcast_provider_message_status_message")
     )
     status: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -196,12 +202,15 @@ class BroadcastProviderMessageNumber(Base):
     """Vodafone message numbers; the number comes from `broadcast_provider_message_number_seq`."""
 
     __tablename__ = "broadcast_provider_message_number"
+    __table_args__ = (
+        UniqueConstraint("broadcast_provider_message_id", name="uq_broadcast_provider_message_number_message"),
+    )
 
     broadcast_provider_message_number: Mapped[int] = mapped_column(
         Integer, primary_key=True, autoincrement=False
     )
     broadcast_provider_message_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("broadcast_provider_message.id"), unique=True
+        ForeignKey("broadcast_provider_message.id", name="fk_broadcast_provider_message_number_message")
     )
 
 

@@ -42,31 +42,33 @@ def create_app(prefix: str = "") -> FastAPI:
         return await handle_invocation(state, function_name, invocation_type, body, received_at)
 
     @app.get("/_simulator/health")
-    async def health() -> dict[str, Any]:
-        return {"ok": True}
+    async def health() -> Response:
+        return JSONResponse({"ok": True})
 
     @app.get("/_simulator/invocations")
-    async def invocations(function: str | None = None) -> list[dict[str, Any]]:
-        return state.invocations.as_dicts(function)
+    async def invocations(function: str | None = None) -> Response:
+        # A plain JSONResponse: FastAPI's response-model encoding is slow on long histories.
+        return JSONResponse(state.invocations.as_dicts(function))
 
     @app.post("/_simulator/faults")
     async def add_fault(request: Request) -> Response:
         try:
             function, fault = parse_fault(json.loads(await request.body()), FUNCTIONS)
+        except FaultRequestError as refused:
+            return JSONResponse({"detail": refused.reasons}, status_code=422)
         except ValueError as error:
-            reasons = getattr(error, "reasons", [f"body: not valid JSON ({error})"])
-            return JSONResponse({"detail": reasons}, status_code=422)
+            return JSONResponse({"detail": [f"body: not valid JSON ({error})"]}, status_code=422)
         queued = state.faults.add(function, fault)
         return JSONResponse({"function": function, "fault": fault.describe(), "queued": queued})
 
     @app.get("/_simulator/faults")
-    async def pending_faults() -> dict[str, Any]:
-        return state.faults.pending()
+    async def pending_faults() -> Response:
+        return JSONResponse(state.faults.pending())
 
     @app.post("/_simulator/reset")
-    async def reset() -> dict[str, Any]:
+    async def reset() -> Response:
         state.reset()
-        return {"ok": True}
+        return JSONResponse({"ok": True})
 
     return app
 

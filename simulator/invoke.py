@@ -91,9 +91,14 @@ def parse_payload(body: bytes) -> tuple[Any, str | None]:
     if not body:
         return {}, None
     try:
-        return json.loads(body), None
+        return json.loads(body, parse_constant=_reject_constant), None
     except ValueError as error:
         return body.decode("utf-8", errors="replace"), f"payload: not valid JSON ({error})"
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity; JSON (and Lambda) does not.
+    raise ValueError(f"{name} is not JSON")
 
 
 def _is_request_response(invocation_type: str | None) -> bool:

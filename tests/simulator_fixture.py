@@ -9,6 +9,7 @@ List it in the top-level conftest (`pytest_plugins = ["tests.simulator_fixture"]
   faults.
 - `lambda_client` (session): an unmodified boto3 Lambda client for `simulator`, with SDK retries
   off, a 2 s connect timeout and a 3 s read timeout. It does not reset; ask for `sim` too.
+- `make_payload` (function): `build_payload`, valid SPEC section 3 payloads written out by hand.
 
 `start_simulator(prefix=...)` starts an extra process (e.g. with a function-name prefix); use it
 as a context manager.
@@ -163,3 +164,50 @@ def sim(simulator: SimulatorClient) -> SimulatorClient:
 @pytest.fixture(scope="session")
 def lambda_client(simulator: SimulatorClient) -> Any:
     return make_lambda_client(simulator.url)
+
+
+SENT = "2026-11-27T10:00:00-00:00"
+EXPIRES = "2026-11-27T12:00:00-00:00"
+EARLIER_SENT = "2026-11-27T09:00:00-00:00"
+TRIANGLE = [[51.5, -0.1], [51.6, -0.1], [51.6, 0.0]]
+
+
+def build_payload(message_type: str = "alert", fmt: str = "cap", **overrides: Any) -> dict:
+    """A valid SPEC section 3 payload of `message_type` for format `fmt` ("cap" or "ibag").
+
+    Written out literally, not by the product, so simulator tests do not trust the code under
+    test. `overrides` replace or add keys.
+    """
+    ibag = fmt == "ibag"
+    payload: dict[str, Any] = {
+        "message_type": message_type,
+        "identifier": "6f1c2b9e-3a41-4c55-9d0e-2b7a8c1d4e5f",
+        "message_format": fmt,
+    }
+    if message_type in ("alert", "update"):
+        payload.update(
+            headline="GOV.UK Notify Broadcast",
+            description="Flood warning",
+            areas=[{"polygon": TRIANGLE}],
+            sent=SENT,
+            expires=EXPIRES,
+            language="English" if ibag else "en-GB",
+            channel="severe",
+        )
+    if message_type in ("update", "cancel"):
+        reference = {"message_id": "0a3e5d2c-8b1f-4e6a-9c7d-1f2e3d4c5b6a", "sent": EARLIER_SENT}
+        if ibag:
+            reference["message_number"] = "0000004e"
+        payload["references"] = [reference]
+    if message_type == "cancel":
+        payload["sent"] = SENT
+    if ibag:
+        payload["message_number"] = "0000007b"
+    payload.update(overrides)
+    return payload
+
+
+@pytest.fixture
+def make_payload() -> Any:
+    """`make_payload(message_type="alert", fmt="cap", **overrides)` -> a valid payload."""
+    return build_payload

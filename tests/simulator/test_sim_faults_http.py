@@ -3,6 +3,8 @@
 import json
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import botocore.exceptions
 import pytest
@@ -146,3 +148,11 @@ def test_invalid_fault_request_is_refused_with_422(sim, options):
 def test_fault_for_unknown_function_is_refused_with_422(sim):
     with pytest.raises(AssertionError, match="answered 422.*function"):
         sim.fault("ee-9-proxy", http_status=500)
+
+
+def test_fault_request_that_is_not_json_is_refused_with_422(sim):
+    request = urllib.request.Request(f"{sim.url}/_simulator/faults", data=b"hang", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5)
+    assert refused.value.code == 422
+    assert json.load(refused.value)["detail"][0].startswith("body: not valid JSON")

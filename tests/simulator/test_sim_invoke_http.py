@@ -170,3 +170,10 @@ def test_reset_clears_records_and_faults(sim, lambda_client, make_payload):
     assert sim.invocations() == []
     assert sim.faults() == {}
     assert invoke(lambda_client, "ee-1-proxy", make_payload())["StatusCode"] == 200
+
+
+def test_nan_in_a_payload_is_not_json(sim, lambda_client):
+    response = invoke(lambda_client, "ee-1-proxy", b'{"areas": [{"polygon": [[NaN, 0]]}]}')
+    assert response["FunctionError"] == "Unhandled"
+    assert "NaN is not JSON" in response["Body"]["errorMessage"]
+    assert sim.invocations()[0]["outcome"] == "function_error"

@@ -120,7 +120,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["broadcast_event_id"],
             ["broadcast_event.id"],
-            name="fk_broadcast_provider_message_broadcast_event_id_broadc_79ec",
+            name="fk_broadcast_provider_message_event",
         ),
         sa.PrimaryKeyConstraint("id", name="pk_broadcast_provider_message"),
         sa.UniqueConstraint(
@@ -143,12 +143,12 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["broadcast_provider_message_id"],
             ["broadcast_provider_message.id"],
-            name="fk_broadcast_provider_message_status_broadcast_provider_afcb",
+            name="fk_broadcast_provider_message_status_message",
         ),
         sa.PrimaryKeyConstraint("id", name="pk_broadcast_provider_message_status"),
     )
     op.create_index(
-        "ix_broadcast_provider_message_status_broadcast_provider_1300",
+        "ix_broadcast_provider_message_status_message",
         "broadcast_provider_message_status",
         ["broadcast_provider_message_id"],
     )
@@ -159,14 +159,14 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["broadcast_provider_message_id"],
             ["broadcast_provider_message.id"],
-            name="fk_broadcast_provider_message_number_broadcast_provider_3545",
+            name="fk_broadcast_provider_message_number_message",
         ),
         sa.PrimaryKeyConstraint(
             "broadcast_provider_message_number", name="pk_broadcast_provider_message_number"
         ),
         sa.UniqueConstraint(
             "broadcast_provider_message_id",
-            name="uq_broadcast_provider_message_number_broadcast_provider_cff7",
+            name="uq_broadcast_provider_message_number_message",
         ),
     )
     op.create_table(

@@ -1,0 +1,315 @@
+"""The per-attempt rules of SPEC §4, one test per outcome, over rows built in memory and an
+explicit `now`."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from broadcasts.errors import (
+    EarlierEventFailed,
+    EarlierEventPending,
+    EventExpired,
+    InvalidBroadcast,
+    MessageStubbed,
+    NotSendable,
+    RetryableError,
+    SendRefused,
+    ServiceNotLive,
+)
+from broadcasts.guards import (
+    ensure_earlier_events_acknowledged,
+    ensure_not_expired,
+    ensure_service_may_broadcast,
+    ensure_valid_broadcast,
+    is_acknowledged,
+)
+from broadcasts.models import (
+    BroadcastEvent,
+    BroadcastMessage,
+    BroadcastProviderMessage,
+    Service,
+)
+
+NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
+TRIANGLE = [[51.5, -0.1], [51.6, -0.1], [51.6, 0.0]]
+
+
+def make_event(
+    message_type: str = "alert",
+    *,
+    body: str | None = "Flood warning. Move to higher ground.",
+    polygons: list | None = None,
+    finishes_at: datetime | None = NOW + timedelta(hours=3),
+    sent_at: datetime = NOW - timedelta(minutes=1),
+    active: bool = True,
+    restricted: bool = False,
+    stubbed: bool = False,
+) -> BroadcastEvent:
+    service = Service(id=uuid.uuid4(), name="Environment Agency", active=active, restricted=restricted)
+    message = BroadcastMessage(
+        id=uuid.uuid4(), service_id=service.id, service=service, content=body or "",
+        areas={"names": [], "simple_polygons": [TRIANGLE]}, status="broadcasting", stubbed=stubbed,
+    )
+    return BroadcastEvent(
+        id=uuid.uuid4(),
+        service_id=service.id,
+        service=service,
+        broadcast_message_id=message.id,
+        broadcast_message=message,
+        message_type=message_type,
+        sent_at=sent_at,
+        transmitted_content=None if body is None else {"body": body},
+        transmitted_areas={"names": [], "simple_polygons": [TRIANGLE] if polygons is None else polygons},
+        transmitted_finishes_at=finishes_at,
+    )
+
+
+def provider_message(status: str, event: BroadcastEvent | None = None) -> BroadcastProviderMessage:
+    return BroadcastProviderMessage(
+        id=uuid.uuid4(), broadcast_event_id=event.id if event else None, provider="ee", status=status
+    )
+
+
+# --- rule 1: stubbed, inactive, restricted --------------------------------------------------
+
+
+def test_a_stubbed_message_is_refused_naming_the_event():
+    event = make_event(stubbed=True)
+    with pytest.raises(MessageStubbed, match=f"event {event.id} belongs to a stubbed") as raised:
+        ensure_service_may_broadcast(event)
+    assert isinstance(raised.value, SendRefused)
+
+
+def test_an_inactive_service_is_refused_naming_the_service():
+    event = make_event(active=False)
+    with pytest.raises(ServiceNotLive, match=f"service {event.service.id} is inactive"):
+        ensure_service_may_broadcast(event)
+
+
+def test_a_restricted_trial_service_is_refused():
+    event = make_event(restricted=True)
+    with pytest.raises(ServiceNotLive, match="restricted"):
+        ensure_service_may_broadcast(event)
+
+
+def test_a_stubbed_message_of_an_inactive_service_is_reported_as_stubbed():
+    with pytest.raises(MessageStubbed):
+        ensure_service_may_broadcast(make_event(stubbed=True, active=False))
+
+
+def test_a_live_service_with_an_unstubbed_message_may_broadcast():
+    assert ensure_service_may_broadcast(make_event()) is None
+
+
+# --- rule 2: valid content and areas --------------------------------------------------------
+
+
+@pytest.mark.parametrize("message_type", ["alert", "update"])
+def test_a_valid_alert_or_update_passes(message_type):
+    assert ensure_valid_broadcast(make_event(message_type)) is None
+
+
+@pytest.mark.parametrize("message_type", ["alert", "update"])
+def test_too_long_content_is_an_invalid_broadcast_listing_the_length(message_type):
+    event = make_event(message_type, body="a" * 1396)
+    with pytest.raises(InvalidBroadcast) as raised:
+        ensure_valid_broadcast(event)
+    assert len(raised.value.problems) == 1
+    assert "1396 GSM-7" in raised.value.problems[0]
+    assert str(event.id) in str(raised.value)
+    assert isinstance(raised.value, NotSendable)
+
+
+@pytest.mark.parametrize("body", [None, "", "   "], ids=["no-content", "empty", "blank"])
+def test_missing_or_empty_content_is_an_invalid_broadcast(body):
+    with pytest.raises(InvalidBroadcast) as raised:
+        ensure_valid_broadcast(make_event("alert", body=body))
+    assert raised.value.problems == ["content is empty"]
+
+
+@pytest.mark.parametrize("message_type", ["alert", "update"])
+def test_an_event_without_a_polygon_is_an_invalid_broadcast(message_type):
+    with pytest.raises(InvalidBroadcast) as raised:
+        ensure_valid_broadcast(make_event(message_type, polygons=[]))
+    assert raised.value.problems == ["areas have no polygon"]
+
+
+def test_an_out_of_range_point_is_an_invalid_broadcast_naming_the_coordinate():
+    with pytest.raises(InvalidBroadcast, match="latitude 90.5"):
+        ensure_valid_broadcast(make_event(polygons=[[[90.5, 0.0], [1.0, 1.0], [2.0, 2.0]]]))
+
+
+@pytest.mark.parametrize("message_type", ["alert", "update"])
+def test_an_alert_or_update_without_finishes_at_is_an_invalid_broadcast(message_type):
+    with pytest.raises(InvalidBroadcast) as raised:
+        ensure_valid_broadcast(make_event(message_type, finishes_at=None))
+    assert len(raised.value.problems) == 1
+    assert "transmitted_finishes_at" in raised.value.problems[0]
+
+
+def test_every_problem_is_listed_at_once():
+    with pytest.raises(InvalidBroadcast) as raised:
+        ensure_valid_broadcast(make_event(body="", polygons=[], finishes_at=None))
+    problems = raised.value.problems
+    assert len(problems) == 3
+    assert problems[:2] == ["content is empty", "areas have no polygon"]
+    assert "transmitted_finishes_at" in problems[2]
+
+
+def test_a_cancel_skips_content_and_area_checks():
+    assert ensure_valid_broadcast(make_event("cancel", body=None, polygons=[], finishes_at=None)) is None
+
+
+# --- rule 3: acknowledged -------------------------------------------------------------------
+
+
+def test_a_returned_ack_message_is_acknowledged():
+    assert is_acknowledged(provider_message("returned-ack"))
+
+
+@pytest.mark.parametrize("status", ["sending", "returned-error", "technical-failure"])
+def test_a_message_in_any_other_status_is_not_acknowledged(status):
+    assert not is_acknowledged(provider_message(status))
+
+
+def test_no_provider_message_is_not_acknowledged():
+    assert not is_acknowledged(None)
+
+
+# --- rule 4: expiry -------------------------------------------------------------------------
+
+
+def test_an_event_that_finished_one_second_before_now_has_expired():
+    event = make_event(finishes_at=NOW - timedelta(seconds=1))
+    with pytest.raises(EventExpired) as raised:
+        ensure_not_expired(event, None, NOW)
+    assert raised.value.reason == "expired"
+    assert f"event {event.id} expired (finishes_at" in str(raised.value)
+    assert "while retrying" not in str(raised.value)
+    assert isinstance(raised.value, NotSendable)
+
+
+def test_an_event_that_finishes_exactly_now_has_not_expired():
+    assert ensure_not_expired(make_event(finishes_at=NOW), None, NOW) is None
+
+
+def test_an_event_that_finishes_after_now_has_not_expired():
+    assert ensure_not_expired(make_event(finishes_at=NOW + timedelta(seconds=1)), None, NOW) is None
+
+
+def test_expiry_is_compared_in_absolute_time_not_by_wall_clock_digits():
+    plus_two = timezone(timedelta(hours=2))  # 13:00+02:00 is 11:00 UTC: before NOW
+    with pytest.raises(EventExpired):
+        ensure_not_expired(make_event(finishes_at=datetime(2026, 11, 27, 13, 0, tzinfo=plus_two)), None, NOW)
+
+
+@pytest.mark.parametrize("status", ["sending", "returned-error"])
+def test_an_event_that_expires_while_its_provider_message_is_in_progress_expired_while_retrying(status):
+    event = make_event(finishes_at=NOW - timedelta(seconds=1))
+    with pytest.raises(EventExpired) as raised:
+        ensure_not_expired(event, provider_message(status, event), NOW)
+    assert raised.value.reason == "expired while retrying"
+    assert "expired while retrying" in str(raised.value)
+
+
+def test_an_expired_event_whose_provider_message_already_failed_is_plainly_expired():
+    event = make_event(finishes_at=NOW - timedelta(seconds=1))
+    with pytest.raises(EventExpired) as raised:
+        ensure_not_expired(event, provider_message("technical-failure", event), NOW)
+    assert raised.value.reason == "expired"
+
+
+@pytest.mark.parametrize("status", ["sending", "returned-error"])
+def test_an_in_progress_message_of_an_unexpired_event_may_be_retried(status):
+    event = make_event(finishes_at=NOW)
+    assert ensure_not_expired(event, provider_message(status, event), NOW) is None
+
+
+# --- rule 5: earlier events acknowledged ----------------------------------------------------
+
+
+def broadcast(count: int) -> list[BroadcastEvent]:
+    """`count` events of one broadcast message, oldest first, one minute apart."""
+    first = make_event("alert", sent_at=NOW - timedelta(minutes=count))
+    events = [first]
+    for n in range(1, count):
+        events.append(
+            BroadcastEvent(
+                id=uuid.uuid4(), service_id=first.service_id, service=first.service,
+                broadcast_message_id=first.broadcast_message_id,
+                broadcast_message=first.broadcast_message, message_type="update",
+                sent_at=first.sent_at + timedelta(minutes=n),
+                transmitted_content={"body": f"Update {n}"},
+                transmitted_areas=first.transmitted_areas,
+                transmitted_finishes_at=first.transmitted_finishes_at,
+            )
+        )
+    return events
+
+
+def test_the_first_event_of_a_broadcast_has_nothing_to_wait_for():
+    (event,) = broadcast(1)
+    assert ensure_earlier_events_acknowledged(event, "ee", []) is None
+
+
+def test_an_event_whose_earlier_events_are_all_acknowledged_may_be_sent():
+    first, second, third = broadcast(3)
+    earlier = [(first, provider_message("returned-ack", first)), (second, provider_message("returned-ack", second))]
+    assert ensure_earlier_events_acknowledged(third, "vodafone", earlier) is None
+
+
+def test_an_earlier_technical_failure_blocks_naming_the_event_and_the_replay_command():
+    first, second = broadcast(2)
+    with pytest.raises(EarlierEventFailed) as raised:
+        ensure_earlier_events_acknowledged(second, "o2", [(first, provider_message("technical-failure", first))])
+    message = str(raised.value)
+    assert raised.value.earlier_event_id == first.id
+    assert f"earlier event {first.id} ended technical-failure" in message
+    assert f"broadcasts replay {first.id} o2" in message
+    assert f"broadcasts replay {second.id} o2" in message
+    assert f"event {second.id} is blocked for o2" in message
+    assert isinstance(raised.value, NotSendable)
+
+
+@pytest.mark.parametrize(
+    "status, shown",
+    [(None, "not yet sent"), ("sending", "sending"), ("returned-error", "returned-error")],
+    ids=["no-provider-message", "sending", "returned-error"],
+)
+def test_an_earlier_event_still_in_progress_makes_the_send_wait_naming_that_event(status, shown):
+    first, second = broadcast(2)
+    message = None if status is None else provider_message(status, first)
+    with pytest.raises(EarlierEventPending) as raised:
+        ensure_earlier_events_acknowledged(second, "three", [(first, message)])
+    assert raised.value.earlier_event_id == first.id
+    assert str(raised.value) == (
+        f"event {second.id} waits for earlier event {first.id} to be acknowledged by three (it is {shown})"
+    )
+    assert isinstance(raised.value, RetryableError)
+
+
+def test_the_send_waits_for_the_oldest_unacknowledged_event():
+    first, second, third = broadcast(3)
+    earlier = [(first, provider_message("sending", first)), (second, None)]
+    with pytest.raises(EarlierEventPending) as raised:
+        ensure_earlier_events_acknowledged(third, "ee", earlier)
+    assert raised.value.earlier_event_id == first.id
+
+
+def test_a_pending_event_after_an_acknowledged_one_still_makes_the_send_wait():
+    first, second, third = broadcast(3)
+    earlier = [(first, provider_message("returned-ack", first)), (second, provider_message("returned-error", second))]
+    with pytest.raises(EarlierEventPending) as raised:
+        ensure_earlier_events_acknowledged(third, "ee", earlier)
+    assert raised.value.earlier_event_id == second.id
+
+
+def test_a_failed_earlier_event_wins_over_an_older_pending_one():
+    first, second, third = broadcast(3)
+    earlier = [(first, provider_message("sending", first)), (second, provider_message("technical-failure", second))]
+    with pytest.raises(EarlierEventFailed) as raised:
+        ensure_earlier_events_acknowledged(third, "ee", earlier)
+    assert raised.value.earlier_event_id == second.id

@@ -1,0 +1,88 @@
+"""The schema built by `upgrade head` is the models' schema, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+from sqlalchemy.exc import IntegrityError
+
+from broadcasts.db import unit_of_work
+from broadcasts.models import Base, BroadcastProviderMessage, BroadcastProviderMessageNumber
+from tests.factories import make_alert
+
+SPEC_TABLES = {
+    "services",
+    "service_broadcast_settings",
+    "service_broadcast_providers",
+    "broadcast_message",
+    "broadcast_event",
+    "broadcast_provider_message",
+    "broadcast_provider_message_status",
+    "broadcast_provider_message_number",
+    "link_test_result",
+}
+
+
+def test_upgrade_head_builds_exactly_the_models_schema(engine):
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        differences = [
+            d for d in compare_metadata(context, Base.metadata)
+            # SQLite's stand-in for the PostgreSQL sequence is not a model.
+            if not (d[0] == "remove_table" and d[1].name == "broadcast_provider_message_number_seq")
+        ]
+    assert differences == []
+
+
+def test_every_spec_table_exists_with_the_spec_columns(engine):
+    inspector = inspect(engine)
+    assert SPEC_TABLES <= set(inspector.get_table_names())
+    columns = {c["name"] for c in inspector.get_columns("broadcast_provider_message_status")}
+    assert {"id", "broadcast_provider_message_id", "status", "created_at", "route", "attempt", "detail"} <= columns
+    columns = {c["name"] for c in inspector.get_columns("broadcast_event")}
+    assert {
+        "id", "service_id", "broadcast_message_id", "sent_at", "message_type", "transmitted_content",
+        "transmitted_areas", "transmitted_sender", "transmitted_starts_at", "transmitted_finishes_at",
+    } <= columns
+
+
+def test_the_message_number_sequence_exists(engine):
+    with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            found = connection.exec_driver_sql(
+                "SELECT 1 FROM pg_class WHERE relkind = 'S' AND relname = 'broadcast_provider_message_number_seq'"
+            ).scalar()
+        else:
+            found = connection.exec_driver_sql(
+                "SELECT 1 FROM sqlite_master WHERE name = 'broadcast_provider_message_number_seq'"
+            ).scalar()
+    assert found == 1
+
+
+def test_a_second_provider_message_for_the_same_event_and_provider_is_rejected(engine):
+    _, _, event_id = make_alert(engine)
+    with unit_of_work(engine) as session:
+        session.add(BroadcastProviderMessage(broadcast_event_id=event_id, provider="ee", status="sending"))
+    with pytest.raises(IntegrityError), unit_of_work(engine) as session:
+        session.add(BroadcastProviderMessage(broadcast_event_id=event_id, provider="ee", status="sending"))
+
+
+def test_a_provider_message_status_outside_the_spec_is_rejected(engine):
+    _, _, event_id = make_alert(engine)
+    with pytest.raises(IntegrityError), unit_of_work(engine) as session:
+        session.add(BroadcastProviderMessage(broadcast_event_id=event_id, provider="ee", status="delivered"))
+
+
+def test_one_message_number_belongs_to_one_provider_message(engine):
+    _, _, event_id = make_alert(engine)
+    with unit_of_work(engine) as session:
+        message = BroadcastProviderMessage(id=uuid.uuid4(), broadcast_event_id=event_id, provider="vodafone", status="sending")
+        session.add(message)
+        session.flush()
+        session.add(BroadcastProviderMessageNumber(broadcast_provider_message_number=10**9, broadcast_provider_message_id=message.id))
+    with pytest.raises(IntegrityError), unit_of_work(engine) as session:
+        session.add(BroadcastProviderMessageNumber(broadcast_provider_message_number=10**9 + 1, broadcast_provider_message_id=message.id))
