@@ -73,8 +73,8 @@ def ensure_earlier_events_acknowledged(
 ) -> None:
     """Rule 5: every earlier event (strictly earlier `sent_at`, oldest first) must be
     acknowledged by this provider. A failed one blocks; an unfinished one makes this send wait."""
+    earlier = [(e, m) for e, m in earlier if e.sent_at < event.sent_at]  # later/same: ignored
     for earlier_event, message in earlier:
-        assert earlier_event.sent_at < event.sent_at, "only strictly earlier events order a send"
         if message is not None and message.status == TECHNICAL_FAILURE:
             raise EarlierEventFailed(event.id, provider, earlier_event.id)
     for earlier_event, message in earlier:
