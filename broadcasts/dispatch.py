@@ -176,10 +176,22 @@ def _attempt(
                 dao.append_status(session, message, SENDING, detail={"reason": "replayed"})
         failed: AllRoutesFailed | None = None
         with provider_slot():
-            try:
-                delivered = proxy.send(provider, ready.payload)
-            except AllRoutesFailed as error:
-                failed = error
+            # Waiting for the slot can take a while: never start a call after expiry.
+            if ready.expires_at is not None and ready.expires_at < now():
+                expired: EventExpired | None = EventExpired(
+                    message.broadcast_event_id, ready.expires_at, while_retrying=True
+                )
+            else:
+                expired = None
+                try:
+                    delivered = proxy.send(provider, ready.payload)
+                except AllRoutesFailed as error:
+                    failed = error
+        if expired is not None:
+            with unit_of_work(engine) as session:
+                message = session.get_one(BroadcastProviderMessage, ready.message_id)
+                dao.append_status(session, message, TECHNICAL_FAILURE, detail={"error": str(expired)})
+            raise expired
         with unit_of_work(engine) as session:
             message = session.get_one(BroadcastProviderMessage, ready.message_id)
             if failed is None:

@@ -48,9 +48,9 @@ def publish_table(event_id: uuid.UUID, failures: dict[str, str | None]) -> list[
 
 
 def unacknowledged(rows: list[dict[str, Any]], providers: Sequence[str]) -> list[str]:
-    """The providers of this run that did not acknowledge, with their status."""
+    """The providers of this run that did not acknowledge, with their status and last error."""
     return [
-        f"{r['provider']} ({r['status']})"
+        f"{r['provider']} ({r['status']}: {r['last_error']})" if r["last_error"] else f"{r['provider']} ({r['status']})"
         for r in rows
         if r["provider"] in providers and r["status"] != RETURNED_ACK
     ]

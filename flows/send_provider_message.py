@@ -21,6 +21,7 @@ def send_provider_message(broadcast_event_id: str, provider: str) -> State:
     send = with_schedule(get_settings().broadcast_retry_delay_scale)
     future = send.submit(broadcast_event_id, provider)
     rows = publish_table(event_id, wait_for_all([provider], [future]))
-    if unacknowledged(rows, [provider]):
-        return Failed(message=f"event {event_id} not acknowledged by {provider}: {rows[0]['last_error']}")
+    missing = unacknowledged(rows, [provider])
+    if missing:
+        return Failed(message=f"event {event_id} not acknowledged by {missing[0]}")
     return Completed(message=f"event {event_id} acknowledged by {provider}")

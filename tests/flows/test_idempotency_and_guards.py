@@ -1,0 +1,166 @@
+"""Exactly once per provider, whatever runs it; and the checks that stop a send before any call."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+
+from broadcasts import dispatch
+from broadcasts.cbc_proxy import get_proxy
+from broadcasts.errors import AllRoutesFailed
+from broadcasts.models import utcnow
+from broadcasts.settings import get_settings
+from tests.conftest import PROJECT_ROOT
+from tests.factories import make_alert, make_event, make_message, make_service
+from tests.flows.helpers import calls_for, provider_message_count, run_event, run_replay, statuses
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def _functions(sim) -> list[str]:  # type: ignore[no-untyped-def]
+    return sorted(c["function"] for c in sim.invocations())
+
+
+def test_running_the_event_flow_twice_sends_once_per_provider(configure, engine, sim):
+    configure(ENABLED_CBCS="ee,vodafone")
+    _, _, event_id = make_alert(engine)
+    first, second = run_event(event_id), run_event(event_id)
+    assert first.is_completed() and second.is_completed()
+    assert _functions(sim) == ["ee-1-proxy", "vodafone-1-proxy"]
+
+
+def test_the_one_provider_flow_alongside_the_event_flow_sends_once(configure, engine, sim):
+    configure(ENABLED_CBCS="ee,vodafone")
+    sim.fault("ee-1-proxy", delay_seconds=0.5)  # keep the first call in flight while both run
+    _, _, event_id = make_alert(engine)
+    states = {}
+    runs = [
+        threading.Thread(target=lambda: states.setdefault("event", run_event(event_id))),
+        threading.Thread(target=lambda: states.setdefault("replay", run_replay(event_id, "ee"))),
+    ]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(60)
+    assert states["event"].is_completed() and states["replay"].is_completed(), states
+    assert _functions(sim) == ["ee-1-proxy", "vodafone-1-proxy"]
+    assert provider_message_count(engine, event_id) == 2
+
+
+def test_rerunning_after_a_partial_failure_sends_only_to_unacknowledged_providers(configure, engine, sim):
+    configure(ENABLED_CBCS="ee,o2,vodafone")
+    _, _, event_id = make_alert(engine)
+    settings = get_settings()
+    # An earlier run: o2 and vodafone acknowledged, ee failed on both routes.
+    for provider in ("o2", "vodafone"):
+        dispatch.send_to_provider(engine, get_proxy(settings), event_id, provider, headline="h")
+    sim.fault("ee-1-proxy", http_status=500, times=1)
+    sim.fault("ee-2-proxy", http_status=500, times=1)
+    with pytest.raises(AllRoutesFailed):
+        dispatch.send_to_provider(engine, get_proxy(settings), event_id, "ee", headline="h")
+    before = len(sim.invocations())
+
+    assert run_event(event_id).is_completed()
+
+    rerun = sim.invocations()[before:]
+    assert [c["function"] for c in rerun] == ["ee-1-proxy"]
+    assert rerun[0]["payload"]["identifier"] == str(statuses(engine, event_id)["ee"].identifier)
+    assert {s.status for s in statuses(engine, event_id).values()} == {"returned-ack"}
+
+
+CRASHING_SEND = """
+import sys, uuid
+from broadcasts import dispatch
+from broadcasts.cbc_proxy import get_proxy
+from broadcasts.db import get_engine
+from broadcasts.settings import get_settings
+settings = get_settings()
+dispatch.send_to_provider(get_engine(settings.database_url), get_proxy(settings),
+                          uuid.UUID(sys.argv[1]), "ee", headline=settings.broadcast_headline)
+"""
+
+
+def test_a_run_killed_after_calling_the_proxy_is_replayed_with_the_same_identifier(configure, engine, sim):
+    configure(ENABLED_CBCS="ee")
+    _, _, event_id = make_alert(engine)
+    sim.fault("ee-1-proxy", delay_seconds=30, times=1)  # the proxy has the call; no answer yet
+    process = subprocess.Popen([sys.executable, "-c", CRASHING_SEND, str(event_id)], cwd=PROJECT_ROOT, env=os.environ.copy())
+    deadline = time.monotonic() + 30
+    while not sim.invocations() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sim.invocations(), "the crashing run never reached the proxy"
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    first = sim.invocations()[0]["payload"]["identifier"]
+    assert statuses(engine, event_id)["ee"].status == "sending"  # the ACK was never recorded
+
+    state = run_replay(event_id, "ee")
+
+    assert state.is_completed(), state.message
+    replayed = [c for c in sim.invocations() if c["outcome"] == "ok"]
+    assert [c["payload"]["identifier"] for c in replayed] == [first]
+    assert statuses(engine, event_id)["ee"].status == "returned-ack"
+
+
+@pytest.mark.parametrize(
+    ("service", "stubbed", "reason"),
+    [({}, True, "stubbed"), ({"active": False}, False, "inactive"), ({"restricted": True}, False, "restricted")],
+    ids=["stubbed", "inactive", "restricted"],
+)
+def test_a_send_that_is_not_allowed_calls_nothing_and_says_why(configure, engine, sim, service, stubbed, reason):
+    configure(ENABLED_CBCS="ee")
+    service_id = make_service(engine, **service)
+    message_id = make_message(engine, service_id, stubbed=stubbed)
+    event_id = make_event(engine, service_id, message_id)
+    state = run_event(event_id)
+    assert state.is_failed()
+    assert reason in state.message
+    assert sim.invocations() == []
+    assert provider_message_count(engine, event_id) == 0
+
+
+def test_an_expired_event_ends_in_technical_failure_without_a_call(configure, engine, sim):
+    configure(ENABLED_CBCS="ee,vodafone")
+    service_id = make_service(engine)
+    event_id = make_event(engine, service_id, make_message(engine, service_id),
+                          finishes_at=utcnow() - timedelta(seconds=1))
+    assert run_event(event_id).is_failed()
+    found = statuses(engine, event_id)
+    assert {p: s.status for p, s in found.items()} == {"ee": "technical-failure", "vodafone": "technical-failure"}
+    assert "expired" in found["ee"].last_error and "while retrying" not in found["ee"].last_error
+    assert sim.invocations() == []
+
+
+@pytest.mark.parametrize(
+    ("body", "polygons", "problem"),
+    [
+        ("a" * 1396, None, "1396 GSM-7 characters"),
+        ("ŵ" * 616, None, "616 UCS-2 characters"),
+        ("Flood warning", [[[51.5, -0.1], [51.5, -0.1], [51.6, 0.0]]], "fewer than 3 distinct points"),
+        ("Flood warning", [[[91.0, -0.1], [51.6, -0.1], [51.6, 0.0]]], "latitude 91.0"),
+    ],
+    ids=["gsm-too-long", "ucs2-too-long", "degenerate-polygon", "latitude-out-of-range"],
+)
+def test_invalid_content_or_areas_end_in_technical_failure_without_a_call(configure, engine, sim, body, polygons, problem):
+    configure(ENABLED_CBCS="ee")
+    service_id = make_service(engine)
+    event_id = make_event(engine, service_id, make_message(engine, service_id), body=body, polygons=polygons)
+    assert run_event(event_id).is_failed()
+    status = statuses(engine, event_id)["ee"]
+    assert status.status == "technical-failure" and problem in status.last_error
+    assert sim.invocations() == []
+
+
+def test_an_acknowledged_provider_is_a_no_op_for_the_replay_flow(configure, engine, sim):
+    configure(ENABLED_CBCS="ee")
+    _, _, event_id = make_alert(engine)
+    assert run_event(event_id).is_completed()
+    assert run_replay(event_id, "ee").is_completed()
+    assert len(calls_for(sim, statuses(engine, event_id)["ee"].identifier)) == 1

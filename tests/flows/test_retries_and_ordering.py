@@ -1,0 +1,128 @@
+"""Retries follow the schedule with one identifier; expiry stops them; events go out in order."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta
+
+import pytest
+
+from broadcasts.models import utcnow
+from broadcasts.retry import scaled_delays
+from tests.factories import make_alert, make_event, make_message, make_service
+from tests.flows.helpers import calls_for, finishes_at, provider_message_count, run_event, statuses
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+SCALE = 0.1
+
+
+def _time(call: dict) -> datetime:
+    return datetime.fromisoformat(call["received_at"])
+
+
+def test_both_routes_failing_three_times_then_recovering_takes_four_attempts_with_one_identifier(configure, engine, sim):
+    configure(ENABLED_CBCS="vodafone", BROADCAST_RETRY_DELAY_SCALE=str(SCALE))
+    sim.fault("vodafone-1-proxy", http_status=500, times=3)
+    sim.fault("vodafone-2-proxy", function_error="Unhandled", times=3)
+    _, _, event_id = make_alert(engine)
+
+    assert run_event(event_id).is_completed()
+
+    status = statuses(engine, event_id)["vodafone"]
+    calls = sim.invocations()
+    assert [c["function"] for c in calls] == ["vodafone-1-proxy", "vodafone-2-proxy"] * 3 + ["vodafone-1-proxy"]
+    assert {c["payload"]["identifier"] for c in calls} == {str(status.identifier)}
+    assert {c["payload"]["message_number"] for c in calls} == {status.message_number}
+    assert provider_message_count(engine, event_id) == 1
+    assert status.status == "returned-ack" and status.attempts == 4
+    assert [(h.status, h.attempt) for h in status.history] == [
+        ("sending", None), ("returned-error", 1), ("returned-error", 2), ("returned-error", 3), ("returned-ack", 4)
+    ]
+    # The wait before retry n is at least the (scaled) schedule's delay n: 0.1, 0.2, 0.4 s.
+    primaries = [_time(c) for c in calls if c["function"] == "vodafone-1-proxy"]
+    gaps = [(b - a).total_seconds() for a, b in zip(primaries, primaries[1:])]
+    assert all(gap >= delay for gap, delay in zip(gaps, scaled_delays(SCALE))), gaps
+
+
+def test_both_routes_failing_until_expiry_ends_in_technical_failure_with_no_call_after_expiry(configure, engine, sim):
+    configure(ENABLED_CBCS="ee", BROADCAST_RETRY_DELAY_SCALE=str(SCALE))
+    sim.fault("ee-1-proxy", http_status=503)
+    sim.fault("ee-2-proxy", http_status=503)
+    service_id = make_service(engine)
+    event_id = make_event(engine, service_id, make_message(engine, service_id), expires_in=timedelta(seconds=3))
+
+    state = run_event(event_id)
+
+    assert state.is_failed()
+    status = statuses(engine, event_id)["ee"]
+    assert status.status == "technical-failure"
+    assert "expired while retrying" in status.last_error
+    calls = sim.invocations()
+    assert len(calls) >= 4
+    expiry = finishes_at(engine, event_id)
+    late = [c["received_at"] for c in calls if _time(c) > expiry]
+    assert late == [], f"calls after the event expired at {expiry.isoformat()}"
+
+
+def test_an_update_waits_for_the_alert_ack_on_that_provider_only(configure, engine, sim):
+    configure(ENABLED_CBCS="ee,o2", BROADCAST_RETRY_DELAY_SCALE=str(SCALE))
+    sim.fault("ee-1-proxy", http_status=500, times=6)
+    sim.fault("ee-2-proxy", http_status=500, times=6)
+    service_id = make_service(engine)
+    message_id = make_message(engine, service_id)
+    alert = make_event(engine, service_id, message_id)
+    states = {}
+    alert_run = threading.Thread(target=lambda: states.setdefault("alert", run_event(alert)))
+    alert_run.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # wait until the alert is failing on ee
+        ee = statuses(engine, alert).get("ee")
+        if ee and ee.status == "returned-error":
+            break
+        time.sleep(0.05)
+    update = make_event(engine, service_id, message_id, message_type="update", body="Flood warning: updated")
+    states["update"] = run_event(update)
+    alert_run.join(60)
+
+    assert states["alert"].is_completed() and states["update"].is_completed(), states
+    alert_ee, update_ee = statuses(engine, alert)["ee"], statuses(engine, update)["ee"]
+    alert_ack = next(_time(c) for c in calls_for(sim, alert_ee.identifier) if c["outcome"] == "ok")
+    update_calls = calls_for(sim, update_ee.identifier)
+    assert update_calls and all(_time(c) > alert_ack for c in update_calls), "update reached ee before the alert's ACK"
+    o2_update = calls_for(sim, statuses(engine, update)["o2"].identifier)
+    assert o2_update and _time(o2_update[0]) < alert_ack, "o2 was held back by ee's failing alert"
+
+
+def test_an_earlier_technical_failure_blocks_later_events_with_the_replay_command(configure, engine, sim):
+    configure(ENABLED_CBCS="ee")
+    service_id = make_service(engine)
+    message_id = make_message(engine, service_id)
+    alert = make_event(engine, service_id, message_id, finishes_at=utcnow() - timedelta(seconds=1))
+    assert run_event(alert).is_failed()  # expired: technical-failure
+    update = make_event(engine, service_id, message_id, message_type="update")
+
+    state = run_event(update)
+
+    assert state.is_failed()
+    status = statuses(engine, update)["ee"]
+    assert status.status == "technical-failure"
+    assert str(alert) in status.last_error and f"broadcasts replay {alert} ee" in status.last_error
+    assert sim.invocations() == []
+
+
+def test_later_events_and_events_sent_at_the_same_moment_do_not_block(configure, engine, sim):
+    configure(ENABLED_CBCS="ee")
+    service_id = make_service(engine)
+    message_id = make_message(engine, service_id)
+    start = utcnow()
+    alert = make_event(engine, service_id, message_id, sent_at=start)
+    assert run_event(alert).is_completed()
+    first = make_event(engine, service_id, message_id, message_type="update", sent_at=start + timedelta(seconds=1))
+    same = make_event(engine, service_id, message_id, message_type="update", sent_at=start + timedelta(seconds=1))
+    make_event(engine, service_id, message_id, message_type="update", sent_at=start + timedelta(seconds=2))
+
+    assert run_event(same).is_completed()  # `first` (same sent_at) has not been sent, and does not block
+    assert run_event(first).is_completed()  # the later, unsent update does not block it
+    identifiers = [c["payload"]["identifier"] for c in sim.invocations()]
+    assert identifiers == [str(statuses(engine, e)["ee"].identifier) for e in (alert, same, first)]
