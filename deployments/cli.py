@@ -236,3 +236,7 @@ def simulator(
     from simulator.app import run
 
     run(host=host, port=port, prefix=settings().cbc_proxy_function_prefix)
+
+
+if __name__ == "__main__":
+    app()

@@ -5,8 +5,14 @@ and drops it at the end."""
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,19 +36,9 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if backend() == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'broadcasts.db'}"
         return
-    server_url = os.environ.get("TEST_DATABASE_URL", DEFAULT_POSTGRES_URL)
-    admin = create_engine(driver_url(server_url), isolation_level="AUTOCOMMIT")
-    name = f"broadcasts_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    base = server_url.rsplit("/", 1)[0]
-    try:
-        yield f"{base}/{name}"
-    finally:
+    with throwaway_postgres_database("broadcasts_test") as url:
+        yield url
         get_engine.cache_clear()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -93,13 +89,84 @@ def configure(environment: dict[str, str], monkeypatch: pytest.MonkeyPatch):  # 
     settings_module.get_settings.cache_clear()
 
 
-@pytest.fixture(scope="session")
-def prefect_server(environment: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """One temporary Prefect server for the whole session."""
-    from prefect.testing.utilities import prefect_test_harness
+def postgres_server_url() -> str:
+    return os.environ.get("TEST_DATABASE_URL", DEFAULT_POSTGRES_URL)
 
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+
+@contextmanager
+def throwaway_postgres_database(prefix: str) -> Iterator[str]:
+    """A fresh database on the test PostgreSQL server, dropped afterwards; yields its URL."""
+    server_url = postgres_server_url()
+    admin = create_engine(driver_url(server_url), isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{server_url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_server(environment: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prefect server for the session, backed by PostgreSQL (Prefect's SQLite backend
+    answers concurrent writes with 503s and client back-off, which makes retry timing noisy)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with throwaway_postgres_database("prefect_test") as url:
+        port = _free_port()
+        log = tmp_path_factory.mktemp("prefect") / "server.log"
+        env = {
+            **os.environ,
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": url.replace("postgresql://", "postgresql+asyncpg://", 1),
+            "PREFECT_HOME": str(log.parent),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+        env.pop("PREFECT_API_URL", None)
+        with open(log, "w") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                 "--port", str(port), "--no-services", "--no-ui", "--analytics-off"],
+                env=env, stdout=output, stderr=subprocess.STDOUT,
+            )
+        api = f"http://127.0.0.1:{port}/api"
+        try:
+            _wait_for_health(api, process, log)
+            os.environ["PREFECT_API_URL"] = api  # for subprocesses the tests start
+            with temporary_settings(updates={PREFECT_API_URL: api}):
+                yield api
+        finally:
+            from prefect.logging.handlers import APILogHandler
+
+            APILogHandler.flush()  # send the last run logs while the server still listens
+            os.environ.pop("PREFECT_API_URL", None)
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _wait_for_health(api: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail(f"the Prefect server did not become healthy:\n{log.read_text()[-3000:]}")
 
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
