@@ -139,14 +139,17 @@ def send_to_provider(
             _record_failure(session, event_id, provider, error)
             stop = error
         except RetryableError as error:
-            error.expires_at = expires_at
             stop = error
-    # Raised after the transaction above commits, so what was recorded stays recorded.
-    if stop is not None:
-        raise stop
-    if isinstance(ready, SendResult):
-        return ready
-    return _attempt(engine, proxy, provider, ready, provider_slot, now)
+    try:
+        # Raised after the transaction above commits, so what was recorded stays recorded.
+        if stop is not None:
+            raise stop
+        if isinstance(ready, SendResult):
+            return ready
+        return _attempt(engine, proxy, provider, ready, provider_slot, now)
+    except RetryableError as error:
+        error.expires_at = expires_at  # retrying must stop when the event expires
+        raise
 
 
 def _record_failure(session: Session, event_id: uuid.UUID, provider: Provider, error: Exception) -> None:
@@ -164,9 +167,7 @@ def _attempt(
 ) -> SendResult:
     with send_lock.exclusive(engine, ready.message_id) as held:
         if not held:
-            error = SendInProgress(ready.payload["identifier"], provider.name)
-            error.expires_at = ready.expires_at
-            raise error
+            raise SendInProgress(ready.payload["identifier"], provider.name)
         with unit_of_work(engine) as session:
             message = session.get_one(BroadcastProviderMessage, ready.message_id)
             if guards.is_acknowledged(message):  # another run finished while we prepared
@@ -208,7 +209,6 @@ def _attempt(
                 detail["error"] = f"{outcome}; last attempt: {failed}"
                 dao.append_status(session, message, TECHNICAL_FAILURE, attempt=attempt, detail=detail)
             else:
-                failed.expires_at = ready.expires_at
                 dao.append_status(session, message, RETURNED_ERROR, attempt=attempt, detail=detail)
     raise outcome
 

@@ -4,7 +4,8 @@
     ├── RetryableError            the orchestrator retries (1, 2, 4 … 240 s) until the event expires
     │   ├── AllRoutesFailed       primary and failover proxy both failed this attempt
     │   ├── EarlierEventPending   an earlier event of the broadcast is not yet acknowledged
-    │   └── SendInProgress        another run is calling the proxy for this (event, provider)
+    │   ├── SendInProgress        another run is calling the proxy for this (event, provider)
+    │   └── ProviderBusy          the per-provider concurrency slot could not be taken
     └── NotSendable               never retried; the provider message (if any) says why
         ├── SendRefused           nothing sent, nothing recorded
         │   ├── MessageStubbed
@@ -59,6 +60,11 @@ class EarlierEventPending(RetryableError):
 class SendInProgress(RetryableError):
     def __init__(self, event_id: object, provider: str) -> None:
         super().__init__(f"another run is sending event {event_id} to {provider}; will check again")
+
+
+class ProviderBusy(RetryableError):
+    def __init__(self, provider: str, reason: object) -> None:
+        super().__init__(f"could not take the {provider} concurrency slot ({reason}); will try again")
 
 
 class NotSendable(DispatchError):

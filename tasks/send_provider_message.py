@@ -36,6 +36,8 @@ def send_to_provider(broadcast_event_id: str, provider: str) -> dispatch.SendRes
     logger = get_run_logger()
     settings = get_settings()
     ensure_limits([provider])
+    # Long enough for another send to this provider to try both routes and time out on each.
+    slot_timeout = 2 * (settings.cbc_proxy_connect_timeout + settings.cbc_proxy_read_timeout) + 10
     try:
         result = dispatch.send_to_provider(
             get_engine(settings.database_url),
@@ -43,7 +45,7 @@ def send_to_provider(broadcast_event_id: str, provider: str) -> dispatch.SendRes
             uuid.UUID(broadcast_event_id),
             provider,
             headline=settings.broadcast_headline,
-            provider_slot=lambda: provider_slot(provider),
+            provider_slot=lambda: provider_slot(provider, slot_timeout),
         )
     except RetryableError as error:
         logger.warning("%s: %s", type(error).__name__, error)

@@ -5,6 +5,7 @@ and drops it at the end."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -134,8 +135,9 @@ def prefect_server(environment: dict[str, str], tmp_path_factory: pytest.TempPat
         with open(log, "w") as output:
             process = subprocess.Popen(
                 [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                 "--port", str(port), "--no-services", "--no-ui", "--analytics-off"],
+                 "--port", str(port), "--no-scheduler", "--no-late-runs", "--no-ui", "--analytics-off"],
                 env=env, stdout=output, stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: the API runs in a child process
             )
         api = f"http://127.0.0.1:{port}/api"
         try:
@@ -146,13 +148,13 @@ def prefect_server(environment: dict[str, str], tmp_path_factory: pytest.TempPat
         finally:
             from prefect.logging.handlers import APILogHandler
 
-            APILogHandler.flush()  # send the last run logs while the server still listens
+            APILogHandler().flush()  # send the last run logs while the server still listens
             os.environ.pop("PREFECT_API_URL", None)
-            process.terminate()
+            os.killpg(process.pid, signal.SIGTERM)
             try:
                 process.wait(15)
             except subprocess.TimeoutExpired:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 def _wait_for_health(api: str, process: subprocess.Popen, log: Path) -> None:

@@ -164,3 +164,4 @@ def test_an_acknowledged_provider_is_a_no_op_for_the_replay_flow(configure, engi
     assert run_event(event_id).is_completed()
     assert run_replay(event_id, "ee").is_completed()
     assert len(calls_for(sim, statuses(engine, event_id)["ee"].identifier)) == 1
+

@@ -1,0 +1,1 @@
+"""Speed measurements, printed as ratios against a baseline measured in the same run."""
