@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from broadcasts import dao, guards, send_lock
-from broadcasts.cbc_proxy import CBCProxy
+from broadcasts.cbc_proxy import CBCProxy, Delivered
 from broadcasts.db import unit_of_work
 from broadcasts.errors import (
     AllRoutesFailed,
@@ -61,7 +61,6 @@ class SendResult:
 @dataclass(frozen=True)
 class _Ready:
     message_id: uuid.UUID
-    message_number: int | None
     payload: dict[str, Any]
     expires_at: datetime | None
 
@@ -109,7 +108,7 @@ def _prepare(
         channel=dao.channel(session, event.service_id),
         headline=headline,
     )
-    return _Ready(message.id, _number(message), payload, event.transmitted_finishes_at)
+    return _Ready(message.id, payload, event.transmitted_finishes_at)
 
 
 def send_to_provider(
@@ -175,42 +174,40 @@ def _attempt(
             attempt = dao.attempts_so_far(session, message.id) + 1
             if message.status == TECHNICAL_FAILURE:  # an operator's replay
                 dao.append_status(session, message, SENDING, detail={"reason": "replayed"})
-        failed: AllRoutesFailed | None = None
+        outcome: Delivered | AllRoutesFailed | None = None  # None: expired before the call
         with provider_slot():
-            # Waiting for the slot can take a while: never start a call after expiry.
-            if ready.expires_at is not None and ready.expires_at < now():
-                expired: EventExpired | None = EventExpired(
-                    message.broadcast_event_id, ready.expires_at, while_retrying=True
-                )
-            else:
-                expired = None
+            if not _has_expired(ready, now()):  # waiting for the slot can take a while
                 try:
-                    delivered = proxy.send(provider, ready.payload)
+                    outcome = proxy.send(provider, ready.payload)
                 except AllRoutesFailed as error:
-                    failed = error
-        if expired is not None:
-            with unit_of_work(engine) as session:
-                message = session.get_one(BroadcastProviderMessage, ready.message_id)
-                dao.append_status(session, message, TECHNICAL_FAILURE, detail={"error": str(expired)})
-            raise expired
+                    outcome = error
         with unit_of_work(engine) as session:
             message = session.get_one(BroadcastProviderMessage, ready.message_id)
-            if failed is None:
-                failures = [f.as_dict() for f in delivered.failures]
+            if isinstance(outcome, Delivered):
+                failures = [f.as_dict() for f in outcome.failures]
                 dao.append_status(
-                    session, message, RETURNED_ACK, route=delivered.function, attempt=attempt,
+                    session, message, RETURNED_ACK, route=outcome.function, attempt=attempt,
                     detail={"failed_routes": failures} if failures else None,
                 )
-                return _ack(message, delivered.function, sent_now=True)
-            detail = {"error": str(failed), "failed_routes": failed.failures}
-            outcome: DispatchError = failed
-            if ready.expires_at is not None and ready.expires_at < now():
-                outcome = EventExpired(message.broadcast_event_id, ready.expires_at, while_retrying=True)
-                detail["error"] = f"{outcome}; last attempt: {failed}"
-                dao.append_status(session, message, TECHNICAL_FAILURE, attempt=attempt, detail=detail)
+                return _ack(message, outcome.function, sent_now=True)
+            detail: dict[str, Any] = {}
+            if outcome is not None:
+                detail = {"error": str(outcome), "failed_routes": outcome.failures}
+            error: DispatchError | None = outcome
+            if _has_expired(ready, now()):
+                assert ready.expires_at is not None
+                error = EventExpired(message.broadcast_event_id, ready.expires_at, while_retrying=True)
+                detail["error"] = f"{error}; last attempt: {outcome}" if outcome else str(error)
+                dao.append_status(session, message, TECHNICAL_FAILURE,
+                                  attempt=attempt if outcome else None, detail=detail)
             else:
                 dao.append_status(session, message, RETURNED_ERROR, attempt=attempt, detail=detail)
-    raise outcome
+    assert error is not None
+    raise error
+
+
+def _has_expired(ready: _Ready, now: datetime) -> bool:
+    return ready.expires_at is not None and ready.expires_at < now
 
 
 def providers_for_event(session: Session, event_id: uuid.UUID, enabled: Sequence[str]) -> list[str]:
