@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from broadcasts import dao
 from broadcasts.payloads import message_number_hex
+from broadcasts.providers import PROVIDERS
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,10 @@ class ProviderStatus:
 
 
 def event_status(session: Session, event_id: uuid.UUID) -> list[ProviderStatus]:
-    """Every provider message of the event (raises UnknownEvent), in provider-name order."""
+    """Every provider message of the event (raises UnknownEvent), in the provider table's order."""
     dao.get_event(session, event_id)
     result = []
-    for message in sorted(dao.provider_messages(session, [event_id]), key=lambda m: m.provider):
+    for message in sorted(dao.provider_messages(session, [event_id]), key=lambda m: list(PROVIDERS).index(m.provider)):
         rows = dao.history(session, message.id)
         errors = [r.detail["error"] for r in rows if r.detail and r.detail.get("error")]
         number = message.number.broadcast_provider_message_number if message.number else None

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The dispatcher end to end on embedded defaults: a fresh SQLite database, Prefect in-process
-# (a temporary local server), and the CBC proxy simulator standing in for the four networks.
+# The dispatcher end to end on embedded defaults: a fresh SQLite database, flows run in-process
+# against a local Prefect server (SQLite), and the CBC proxy simulator standing in for the four
+# networks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 DEMO=.demo
 PORT=${DEMO_SIMULATOR_PORT:-9001}
+PREFECT_PORT=${DEMO_PREFECT_PORT:-4209}
 rm -rf "$DEMO" && mkdir -p "$DEMO"
 
 export DATABASE_URL="sqlite:///$PWD/$DEMO/broadcasts.db"
@@ -23,12 +25,19 @@ fault() { curl -fsS -X POST "$SIM/faults" -H 'Content-Type: application/json' -d
 step "Migrate a fresh SQLite database"
 "$BIN/broadcasts" db upgrade
 
-step "Start the CBC proxy simulator on port $PORT"
+step "Start the CBC proxy simulator on port $PORT and a local Prefect server on port $PREFECT_PORT"
 "$BIN/broadcasts" simulator --port "$PORT" > "$DEMO/simulator.log" 2>&1 &
 SIMULATOR_PID=$!
-trap 'kill $SIMULATOR_PID 2>/dev/null || true' EXIT
+# One local server for every step (each `send-event` would otherwise start a temporary one).
+setsid "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT" --no-ui --analytics-off \
+    > "$DEMO/prefect-server.log" 2>&1 &
+PREFECT_PID=$!
+trap 'kill $SIMULATOR_PID 2>/dev/null; kill -- -$PREFECT_PID 2>/dev/null; true' EXIT
 for _ in $(seq 50); do grep -q listening "$DEMO/simulator.log" && break; sleep 0.1; done
 cat "$DEMO/simulator.log"
+export PREFECT_API_URL="http://127.0.0.1:$PREFECT_PORT/api"
+for _ in $(seq 120); do curl -fsS "$PREFECT_API_URL/health" >/dev/null 2>&1 && break; sleep 0.5; done
+echo "Prefect server at $PREFECT_API_URL"
 
 step "An alert, sent to all four networks"
 CREATED=$("$BIN/broadcasts" event create --type alert --channel severe --json \
@@ -60,8 +69,8 @@ step "What the simulated proxies received"
 curl -fsS "$SIM/invocations" | "$BIN/python" -c '
 import json, sys
 for call in json.load(sys.stdin):
-    payload = call["payload"]
-    print(f"{call[\"received_at\"]}  {call[\"function\"]:<17} {payload.get(\"message_type\", \"?\"):<7} {call[\"outcome\"]}")
+    kind = call["payload"].get("message_type", "?")
+    print(call["received_at"], call["function"].ljust(17), kind.ljust(7), call["outcome"])
 '
 printf '\nDemo finished: alert, update (Welsh) and cancel acknowledged by every network.\n'
 printf 'Not yet built: deployments with a worker, the authenticated webhook, scheduled link tests.\n'
