@@ -3,7 +3,10 @@ database and the simulator, and read back what the database and the simulator re
 
 from __future__ import annotations
 
+import contextvars
+import threading
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +18,14 @@ from broadcasts.payloads import cap_time
 from broadcasts.status import ProviderStatus, event_status
 from flows.send_broadcast_event import send_broadcast_event
 from flows.send_provider_message import send_provider_message
+
+
+def in_thread(target: Callable[[], Any]) -> threading.Thread:
+    """A started thread running `target` in a copy of this context, which carries the test
+    Prefect server's API URL (a bare thread would fall back to a temporary server)."""
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(target,))
+    thread.start()
+    return thread
 
 
 def run_event(event_id: uuid.UUID) -> Any:

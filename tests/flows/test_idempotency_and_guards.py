@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from datetime import timedelta
 
@@ -19,7 +18,7 @@ from broadcasts.models import utcnow
 from broadcasts.settings import get_settings
 from tests.conftest import PROJECT_ROOT
 from tests.factories import make_alert, make_event, make_message, make_service
-from tests.flows.helpers import calls_for, provider_message_count, run_event, run_replay, statuses
+from tests.flows.helpers import calls_for, in_thread, provider_message_count, run_event, run_replay, statuses
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -42,11 +41,9 @@ def test_the_one_provider_flow_alongside_the_event_flow_sends_once(configure, en
     _, _, event_id = make_alert(engine)
     states = {}
     runs = [
-        threading.Thread(target=lambda: states.setdefault("event", run_event(event_id))),
-        threading.Thread(target=lambda: states.setdefault("replay", run_replay(event_id, "ee"))),
+        in_thread(lambda: states.setdefault("event", run_event(event_id))),
+        in_thread(lambda: states.setdefault("replay", run_replay(event_id, "ee"))),
     ]
-    for run in runs:
-        run.start()
     for run in runs:
         run.join(60)
     assert states["event"].is_completed() and states["replay"].is_completed(), states

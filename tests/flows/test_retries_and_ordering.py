@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import datetime, timedelta
 
@@ -11,7 +10,7 @@ import pytest
 from broadcasts.models import utcnow
 from broadcasts.retry import scaled_delays
 from tests.factories import make_alert, make_event, make_message, make_service
-from tests.flows.helpers import calls_for, finishes_at, provider_message_count, run_event, statuses
+from tests.flows.helpers import calls_for, finishes_at, in_thread, provider_message_count, run_event, statuses
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 SCALE = 0.1
@@ -74,8 +73,7 @@ def test_an_update_waits_for_the_alert_ack_on_that_provider_only(configure, engi
     message_id = make_message(engine, service_id)
     alert = make_event(engine, service_id, message_id)
     states = {}
-    alert_run = threading.Thread(target=lambda: states.setdefault("alert", run_event(alert)))
-    alert_run.start()
+    alert_run = in_thread(lambda: states.setdefault("alert", run_event(alert)))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # wait until the alert is failing on ee
         ee = statuses(engine, alert).get("ee")

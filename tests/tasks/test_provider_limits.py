@@ -3,7 +3,6 @@ retryable `ProviderBusy`, never a hang."""
 
 from __future__ import annotations
 
-import contextvars
 import threading
 
 import pytest
@@ -15,6 +14,7 @@ from broadcasts.errors import ProviderBusy
 from broadcasts.settings import get_settings
 from tasks.provider_limits import LEASE_SECONDS, ensure_limits, limit_name, provider_slot
 from tests.factories import make_alert
+from tests.flows.helpers import in_thread
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -38,10 +38,7 @@ def test_no_two_sends_to_one_provider_overlap(configure, engine, sim):
         except BaseException as error:  # reported below, not lost in the thread
             errors.append(error)
 
-    # Each thread runs in a copy of this context, which carries the test server's API URL.
-    threads = [threading.Thread(target=contextvars.copy_context().run, args=(send, e)) for e in events]
-    for thread in threads:
-        thread.start()
+    threads = [in_thread(lambda e=e: send(e)) for e in events]
     for thread in threads:
         thread.join(60)
     assert errors == []
