@@ -94,8 +94,8 @@ def measure_send(url: str) -> None:
     proxy.invoke("ee-1-proxy", payload)  # warm the connection
     bare = median_seconds(lambda: proxy.invoke("ee-1-proxy", payload), 30)
     events = [new_event() for _ in range(31)]
-    send_to_provider(engine, proxy, events.pop(), "ee", headline="h")  # warm up
-    dispatch = median_seconds(lambda: send_to_provider(engine, proxy, events.pop(), "ee", headline="h"), 30)
+    send_to_provider(engine, proxy, events.pop(), "ee", headline="h", enabled=["ee"])  # warm up
+    dispatch = median_seconds(lambda: send_to_provider(engine, proxy, events.pop(), "ee", headline="h", enabled=["ee"]), 30)
     report("one provider send (domain, SQLite)", dispatch, "bare boto3 invoke", bare)
 
 

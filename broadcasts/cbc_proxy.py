@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -112,10 +113,14 @@ class CBCProxy:
             message = answer.decode("utf-8", "replace")[:500]
             raise RouteFailed(RouteFailure(function, f"FunctionError {response['FunctionError']}: {message}"))
 
-    def send(self, provider: Provider, payload: dict[str, Any]) -> Delivered:
-        """The identical payload to the primary, then the failover; AllRoutesFailed if both fail."""
+    def send(self, provider: Provider, payload: dict[str, Any], deadline: datetime | None = None) -> Delivered:
+        """The identical payload to the primary, then the failover; AllRoutesFailed if both fail.
+        No route is started after `deadline` (the event's expiry)."""
         failures: list[RouteFailure] = []
         for route in provider.routes:
+            if deadline is not None and deadline < datetime.now(UTC):
+                failures.append(RouteFailure(self.function_name(route), "not tried: the event expired"))
+                continue
             try:
                 self.invoke(route, payload)
             except RouteFailed as failed:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from broadcasts.errors import UnknownEvent
 from broadcasts.models import (
     NUMBER_SEQUENCE,
+    RETURNED_ACK,
     SENDING,
     BroadcastEvent,
     BroadcastProviderMessage,
@@ -143,22 +144,32 @@ def append_status(
     route: str | None = None,
     attempt: int | None = None,
     detail: dict[str, Any] | None = None,
-) -> BroadcastProviderMessageStatus:
-    """Adds a history row and makes it the current status, in one transaction."""
+) -> BroadcastProviderMessageStatus | None:
+    """Makes `status` current and adds its history row, in one transaction. An acknowledged
+    message keeps `returned-ack` for good: then nothing is written and None is returned.
+
+    The status update runs first: it locks the row, so concurrent writers take their history
+    ids in the order they commit and the newest history row is always the current status.
+    """
+    now = utcnow()
+    changed = session.execute(
+        update(BroadcastProviderMessage)
+        .where(BroadcastProviderMessage.id == message.id, BroadcastProviderMessage.status != RETURNED_ACK)
+        .values(status=status, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not changed:
+        session.refresh(message)
+        return None
     row = BroadcastProviderMessageStatus(
         broadcast_provider_message_id=message.id,
         status=status,
         route=route,
         attempt=attempt,
         detail=detail,
-        created_at=utcnow(),
+        created_at=now,
     )
     session.add(row)
-    session.execute(
-        update(BroadcastProviderMessage)
-        .where(BroadcastProviderMessage.id == message.id)
-        .values(status=status, updated_at=row.created_at)
-    )
     message.status = status
     session.flush()
     return row

@@ -19,6 +19,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from broadcasts import dao, guards, send_lock
@@ -26,14 +28,17 @@ from broadcasts.cbc_proxy import CBCProxy, Delivered
 from broadcasts.db import unit_of_work
 from broadcasts.errors import (
     AllRoutesFailed,
+    DatabaseUnavailable,
     DispatchError,
     EarlierEventFailed,
     EarlierEventPending,
     EventExpired,
     InvalidBroadcast,
     PayloadError,
+    ProviderNotAvailable,
     RetryableError,
     SendInProgress,
+    SendRefused,
 )
 from broadcasts.models import (
     RETURNED_ACK,
@@ -60,6 +65,7 @@ class SendResult:
 
 @dataclass(frozen=True)
 class _Ready:
+    event_id: uuid.UUID
     message_id: uuid.UUID
     payload: dict[str, Any]
     expires_at: datetime | None
@@ -108,7 +114,11 @@ def _prepare(
         channel=dao.channel(session, event.service_id),
         headline=headline,
     )
-    return _Ready(message.id, payload, event.transmitted_finishes_at)
+    return _Ready(event.id, message.id, payload, event.transmitted_finishes_at)
+
+
+# Losing the database connection or waiting out a lock is transient; a bug (IntegrityError) is not.
+TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError, PoolTimeout)
 
 
 def send_to_provider(
@@ -117,23 +127,51 @@ def send_to_provider(
     event_id: uuid.UUID,
     provider_name: str,
     *,
+    enabled: Sequence[str],
     headline: str,
     now: Callable[[], datetime] = utcnow,
     provider_slot: Callable[[], AbstractContextManager[Any]] = nullcontext,
 ) -> SendResult:
     """Send one event to one provider once, or raise why not (see `errors`).
 
-    `provider_slot` is entered only around the proxy call (the orchestrator's per-provider
-    concurrency limit), never while waiting for a retry.
+    `enabled` is ENABLED_CBCS. `provider_slot` is entered only around the proxy call (the
+    orchestrator's per-provider concurrency limit), never while waiting for a retry. Every
+    RetryableError raised names the event, the provider and when retrying must stop.
     """
-    provider = get_provider(provider_name)
+    try:
+        try:
+            return _send(engine, proxy, event_id, get_provider(provider_name), enabled, headline,
+                         now, provider_slot)
+        except TRANSIENT_DATABASE_ERRORS as error:
+            raise DatabaseUnavailable(type(error).__name__) from error
+    except RetryableError as error:
+        error.event_id, error.provider = event_id, provider_name
+        raise
+
+
+def _send(
+    engine: Engine,
+    proxy: CBCProxy,
+    event_id: uuid.UUID,
+    provider: Provider,
+    enabled: Sequence[str],
+    headline: str,
+    now: Callable[[], datetime],
+    provider_slot: Callable[[], AbstractContextManager[Any]],
+) -> SendResult:
     stop: Exception | None = None
     with unit_of_work(engine) as session:
         event = dao.get_event(session, event_id)
-        guards.ensure_service_may_broadcast(event)  # rule 1: refused, nothing recorded
         expires_at = event.transmitted_finishes_at
         try:
+            _ensure_may_send(session, event, provider.name, enabled)  # rule 1
             ready = _prepare(session, event, provider, headline, now())
+        except SendRefused as error:
+            # Nothing is created for a refusal; a send already under way is ended with the reason.
+            message = dao.get_provider_message(session, event_id, provider.name)
+            if message is not None and message.status in (SENDING, RETURNED_ERROR):
+                dao.append_status(session, message, TECHNICAL_FAILURE, detail={"error": str(error)})
+            stop = error
         except (InvalidBroadcast, EventExpired, EarlierEventFailed, PayloadError) as error:
             _record_failure(session, event_id, provider, error)
             stop = error
@@ -151,6 +189,25 @@ def send_to_provider(
         raise
 
 
+def _ensure_may_send(session: Session, event: BroadcastEvent, provider: str, enabled: Sequence[str]) -> None:
+    """Rule 1, plus: only the service's available providers (its list ∩ ENABLED_CBCS)."""
+    guards.ensure_service_may_broadcast(event)
+    available = dao.available_providers(session, event.service_id, enabled)
+    if provider not in available:
+        raise ProviderNotAvailable(event.id, provider, available)
+
+
+def record_expired_while_retrying(engine: Engine, event_id: object, provider: str) -> None:
+    """Ends an unfinished provider message whose retries stopped at expiry."""
+    with unit_of_work(engine) as session:
+        message = dao.get_provider_message(session, event_id, provider)  # type: ignore[arg-type]
+        if message is not None and message.status in (SENDING, RETURNED_ERROR):
+            event = dao.get_event(session, message.broadcast_event_id)
+            assert event.transmitted_finishes_at is not None
+            error = EventExpired(event.id, event.transmitted_finishes_at, while_retrying=True)
+            dao.append_status(session, message, TECHNICAL_FAILURE, detail={"error": str(error)})
+
+
 def _record_failure(session: Session, event_id: uuid.UUID, provider: Provider, error: Exception) -> None:
     message = dao.get_or_create_provider_message(session, event_id, provider.name, provider.numbered)
     dao.append_status(session, message, TECHNICAL_FAILURE, detail={"error": str(error)})
@@ -166,7 +223,7 @@ def _attempt(
 ) -> SendResult:
     with send_lock.exclusive(engine, ready.message_id) as held:
         if not held:
-            raise SendInProgress(ready.payload["identifier"], provider.name)
+            raise SendInProgress(ready.event_id, provider.name)
         with unit_of_work(engine) as session:
             message = session.get_one(BroadcastProviderMessage, ready.message_id)
             if guards.is_acknowledged(message):  # another run finished while we prepared
@@ -178,7 +235,7 @@ def _attempt(
         with provider_slot():
             if not _has_expired(ready, now()):  # waiting for the slot can take a while
                 try:
-                    outcome = proxy.send(provider, ready.payload)
+                    outcome = proxy.send(provider, ready.payload, deadline=ready.expires_at)
                 except AllRoutesFailed as error:
                     outcome = error
         with unit_of_work(engine) as session:

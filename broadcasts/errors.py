@@ -5,11 +5,14 @@
     │   ├── AllRoutesFailed       primary and failover proxy both failed this attempt
     │   ├── EarlierEventPending   an earlier event of the broadcast is not yet acknowledged
     │   ├── SendInProgress        another run is calling the proxy for this (event, provider)
-    │   └── ProviderBusy          the per-provider concurrency slot could not be taken
+    │   ├── ProviderBusy          the per-provider concurrency slot could not be taken
+    │   └── DatabaseUnavailable   the database could not be reached or stayed locked
     └── NotSendable               never retried; the provider message (if any) says why
         ├── SendRefused           nothing sent, nothing recorded
         │   ├── MessageStubbed
-        │   └── ServiceNotLive    inactive or restricted (trial) service
+        │   ├── ServiceNotLive    inactive or restricted (trial) service
+        │   ├── ProviderNotAvailable  not in the service's list ∩ ENABLED_CBCS
+        │   └── DispatchDisabled  CBC_PROXY_ENABLED is false
         ├── InvalidBroadcast      content or areas break SPEC §6   → technical-failure
         ├── EventExpired          finishes_at has passed           → technical-failure
         ├── EarlierEventFailed    an earlier event ended technical-failure → technical-failure
@@ -36,8 +39,11 @@ class DispatchError(Exception):
 
 
 class RetryableError(DispatchError):
-    """Worth trying again later. `expires_at` is when retrying must stop (None: never set)."""
+    """Worth trying again later. The dispatcher sets which (event, provider) it is about and
+    `expires_at`, when retrying must stop (None: never)."""
 
+    event_id: object = None
+    provider: str | None = None
     expires_at: datetime | None = None
 
 
@@ -55,6 +61,11 @@ class EarlierEventPending(RetryableError):
             f"event {event_id} waits for earlier event {earlier_event_id} to be acknowledged by "
             f"{provider} (it is {status})"
         )
+
+
+class DatabaseUnavailable(RetryableError):
+    def __init__(self, reason: object) -> None:
+        super().__init__(f"the database is unavailable ({reason}); will try again")
 
 
 class SendInProgress(RetryableError):
@@ -83,6 +94,19 @@ class MessageStubbed(SendRefused):
 class ServiceNotLive(SendRefused):
     def __init__(self, event_id: object, service_id: object, reason: str) -> None:
         super().__init__(f"event {event_id}: service {service_id} is {reason}; nothing is sent")
+
+
+class ProviderNotAvailable(SendRefused):
+    def __init__(self, event_id: object, provider: str, available: list[str]) -> None:
+        super().__init__(
+            f"event {event_id}: its service may not use {provider} (available: "
+            f"{', '.join(available) or 'none'}); nothing is sent"
+        )
+
+
+class DispatchDisabled(SendRefused):
+    def __init__(self) -> None:
+        super().__init__("CBC_PROXY_ENABLED is false: nothing is sent")
 
 
 class InvalidBroadcast(NotSendable):

@@ -165,8 +165,11 @@ def run_and_report(flow_call: Any, event_id: uuid.UUID, providers: list[str] | N
     from broadcasts.status import event_status
 
     state = flow_call()
-    with unit_of_work(engine()) as session:
-        rows = [s.as_row() for s in event_status(session, event_id)]
+    try:
+        with unit_of_work(engine()) as session:
+            rows = [s.as_row() for s in event_status(session, event_id)]
+    except DispatchError as error:
+        fail(f"{state.message}; {error}")
     if providers is not None:
         rows = [r for r in rows if r["provider"] in providers]
     print_rows(rows, state, as_json)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed, State
 
 from broadcasts.providers import get_provider
@@ -16,9 +16,13 @@ FLOW_NAME = "send-provider-message"
 
 @flow(name=FLOW_NAME, flow_run_name="send-provider-message-{provider}-{broadcast_event_id}")
 def send_provider_message(broadcast_event_id: str, provider: str) -> State:
+    settings = get_settings()
+    if not settings.cbc_proxy_enabled:
+        get_run_logger().info("CBC_PROXY_ENABLED is false: nothing is sent for event %s", broadcast_event_id)
+        return Completed(message="dispatch disabled: nothing sent")
     event_id = parse_uuid(broadcast_event_id, "broadcast event id")
     get_provider(provider)  # an unknown provider fails here, before anything runs
-    send = with_schedule(get_settings().broadcast_retry_delay_scale)
+    send = with_schedule(settings.broadcast_retry_delay_scale)
     future = send.submit(broadcast_event_id, provider)
     rows = publish_table(event_id, wait_for_all([provider], [future]))
     missing = unacknowledged(rows, [provider])

@@ -41,17 +41,20 @@ def limit_name(provider: str) -> str:
 
 
 def ensure_limits(providers: Iterable[str]) -> None:
-    """Creates any missing limit (limit 1), once per process."""
+    """Creates any missing limit (limit 1), once per process. An unreachable API is
+    `ProviderBusy`, retried like any transient failure."""
     with _ensured_lock:
-        missing = [limit_name(p) for p in providers if limit_name(p) not in _ensured]
+        missing = {p: limit_name(p) for p in providers if limit_name(p) not in _ensured}
         if not missing:
             return
         with get_client(sync_client=True) as client:
-            for name in missing:
+            for provider, name in missing.items():
                 try:
                     client.upsert_global_concurrency_limit_by_name(name, limit=1)
                 except ObjectAlreadyExists:  # another process created it first
                     pass
+                except httpx.HTTPError as error:
+                    raise ProviderBusy(provider, error) from error
                 _ensured.add(name)
 
 

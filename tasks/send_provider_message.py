@@ -18,11 +18,19 @@ from tasks.provider_limits import ensure_limits, provider_slot
 
 
 def should_retry(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only retryable failures, and only while the event has not expired."""
+    """Retry only retryable failures, and only while the event has not expired. When expiry
+    stops the retries, the provider message ends `technical-failure` ("expired while
+    retrying") here, the one place that decision is taken."""
     error = state.data
     if not isinstance(error, RetryableError):
         return False
-    return error.expires_at is None or utcnow() <= error.expires_at
+    if error.expires_at is None or utcnow() <= error.expires_at:
+        return True
+    if error.provider is not None:
+        dispatch.record_expired_while_retrying(
+            get_engine(get_settings().database_url), error.event_id, error.provider
+        )
+    return False
 
 
 @task(
@@ -35,16 +43,17 @@ def should_retry(task: Any, task_run: Any, state: Any) -> bool:
 def send_to_provider(broadcast_event_id: str, provider: str) -> dispatch.SendResult:
     logger = get_run_logger()
     settings = get_settings()
-    ensure_limits([provider])
     # Long enough for another send to this provider to try both routes and time out on each.
     slot_timeout = 2 * (settings.cbc_proxy_connect_timeout + settings.cbc_proxy_read_timeout) + 10
     try:
+        ensure_limits([provider])
         result = dispatch.send_to_provider(
             get_engine(settings.database_url),
             get_proxy(settings),
             uuid.UUID(broadcast_event_id),
             provider,
             headline=settings.broadcast_headline,
+            enabled=settings.enabled_cbcs,
             provider_slot=lambda: provider_slot(provider, slot_timeout),
         )
     except RetryableError as error:

@@ -57,11 +57,13 @@ def test_rerunning_after_a_partial_failure_sends_only_to_unacknowledged_provider
     settings = get_settings()
     # An earlier run: o2 and vodafone acknowledged, ee failed on both routes.
     for provider in ("o2", "vodafone"):
-        dispatch.send_to_provider(engine, get_proxy(settings), event_id, provider, headline="h")
+        dispatch.send_to_provider(engine, get_proxy(settings), event_id, provider, headline="h",
+                                  enabled=settings.enabled_cbcs)
     sim.fault("ee-1-proxy", http_status=500, times=1)
     sim.fault("ee-2-proxy", http_status=500, times=1)
     with pytest.raises(AllRoutesFailed):
-        dispatch.send_to_provider(engine, get_proxy(settings), event_id, "ee", headline="h")
+        dispatch.send_to_provider(engine, get_proxy(settings), event_id, "ee", headline="h",
+                                  enabled=settings.enabled_cbcs)
     before = len(sim.invocations())
 
     assert run_event(event_id).is_completed()
@@ -80,7 +82,8 @@ from broadcasts.db import get_engine
 from broadcasts.settings import get_settings
 settings = get_settings()
 dispatch.send_to_provider(get_engine(settings.database_url), get_proxy(settings),
-                          uuid.UUID(sys.argv[1]), "ee", headline=settings.broadcast_headline)
+                          uuid.UUID(sys.argv[1]), "ee", headline=settings.broadcast_headline,
+                          enabled=settings.enabled_cbcs)
 """
 
 
@@ -162,3 +165,13 @@ def test_an_acknowledged_provider_is_a_no_op_for_the_replay_flow(configure, engi
     assert run_replay(event_id, "ee").is_completed()
     assert len(calls_for(sim, statuses(engine, event_id)["ee"].identifier)) == 1
 
+
+
+def test_replay_sends_nothing_when_dispatch_is_disabled_or_the_provider_is_not_available(configure, engine, sim):
+    configure(ENABLED_CBCS="ee,vodafone")
+    _, _, event_id = make_alert(engine, providers=["ee"])
+    refused = run_replay(event_id, "vodafone")
+    assert refused.is_failed() and "may not use vodafone" in refused.message
+    configure(CBC_PROXY_ENABLED="false")
+    assert "disabled" in run_replay(event_id, "ee").message
+    assert sim.invocations() == []

@@ -33,7 +33,7 @@ def test_no_two_sends_to_one_provider_overlap(configure, engine, sim):
     def send(event_id):  # type: ignore[no-untyped-def]
         barrier.wait(10)
         try:
-            dispatch.send_to_provider(engine, proxy, event_id, "ee", headline="h",
+            dispatch.send_to_provider(engine, proxy, event_id, "ee", headline="h", enabled=["ee"],
                                       provider_slot=lambda: provider_slot("ee", 30))
         except BaseException as error:  # reported below, not lost in the thread
             errors.append(error)
