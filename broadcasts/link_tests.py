@@ -32,6 +32,3 @@ def link_test_route(engine: Engine, proxy: CBCProxy, provider_name: str, route: 
         )
     return outcome
 
-
-def link_test_provider(engine: Engine, proxy: CBCProxy, provider_name: str) -> list[LinkTestOutcome]:
-    return [link_test_route(engine, proxy, provider_name, r) for r in get_provider(provider_name).routes]
