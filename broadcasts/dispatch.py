@@ -71,12 +71,8 @@ class _Ready:
     expires_at: datetime | None
 
 
-def _number(message: BroadcastProviderMessage) -> int | None:
-    return message.number.broadcast_provider_message_number if message.number else None
-
-
 def _ack(message: BroadcastProviderMessage, route: str | None, sent_now: bool) -> SendResult:
-    return SendResult(message.provider, RETURNED_ACK, message.id, _number(message), route, sent_now)
+    return SendResult(message.provider, RETURNED_ACK, message.id, message.message_number, route, sent_now)
 
 
 def _prepare(
@@ -103,13 +99,13 @@ def _prepare(
         raise
     message = dao.get_or_create_provider_message(session, event.id, provider.name, provider.numbered)
     references = [
-        Reference(m.id, e.sent_at, _number(m)) for e, m in pairs if m is not None
+        Reference(m.id, e.sent_at, m.message_number) for e, m in pairs if m is not None
     ]
     payload = build_payload(
         provider,
         event,
         identifier=message.id,
-        message_number=_number(message),
+        message_number=message.message_number,
         references=references,
         channel=dao.channel(session, event.service_id),
         headline=headline,

@@ -177,6 +177,11 @@ class BroadcastProviderMessage(Base):
 
     number: Mapped[BroadcastProviderMessageNumber | None] = relationship(lazy="joined")
 
+    @property
+    def message_number(self) -> int | None:
+        """The Vodafone message number, or None for providers that send none."""
+        return self.number.broadcast_provider_message_number if self.number else None
+
 
 class BroadcastProviderMessageStatus(Base):
     """Append-only: the data-access layer only ever inserts here."""

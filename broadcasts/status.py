@@ -52,7 +52,7 @@ def event_status(session: Session, event_id: uuid.UUID) -> list[ProviderStatus]:
     for message in sorted(dao.provider_messages(session, [event_id]), key=lambda m: list(PROVIDERS).index(m.provider)):
         rows = dao.history(session, message.id)
         errors = [r.detail["error"] for r in rows if r.detail and r.detail.get("error")]
-        number = message.number.broadcast_provider_message_number if message.number else None
+        number = message.message_number
         result.append(
             ProviderStatus(
                 provider=message.provider,

@@ -210,16 +210,14 @@ def replay(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Re-run one (event, provider): sends with the same identifier unless already acknowledged."""
+    from broadcasts import dao
     from broadcasts.db import unit_of_work
-    from broadcasts.providers import PROVIDERS
+    from broadcasts.providers import get_provider
 
     eid = as_uuid(event_id, "event id")
-    if provider not in PROVIDERS:
-        fail(f"unknown provider {provider!r}; known: {', '.join(PROVIDERS)}")
     try:
+        get_provider(provider)
         with unit_of_work(engine()) as session:
-            from broadcasts import dao
-
             dao.get_event(session, eid)
     except DispatchError as error:
         fail(str(error))
