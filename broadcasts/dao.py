@@ -18,6 +18,7 @@ from broadcasts.models import (
     RETURNED_ACK,
     SENDING,
     BroadcastEvent,
+    BroadcastEventRefusal,
     BroadcastProviderMessage,
     BroadcastProviderMessageNumber,
     BroadcastProviderMessageStatus,
@@ -173,6 +174,55 @@ def append_status(
     message.status = status
     session.flush()
     return row
+
+
+def fix_payload(session: Session, message: BroadcastProviderMessage, payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload this identifier is sent with: `payload` if none was fixed yet, else the one
+    fixed by the first attempt (whichever of two racing runs wrote first)."""
+    session.execute(
+        update(BroadcastProviderMessage)
+        .where(BroadcastProviderMessage.id == message.id, BroadcastProviderMessage.payload.is_(None))
+        .values(payload=payload)
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(message, ["payload"])
+    assert message.payload is not None
+    return message.payload
+
+
+def latest_history_row(session: Session, message_id: uuid.UUID) -> BroadcastProviderMessageStatus | None:
+    return session.scalar(
+        select(BroadcastProviderMessageStatus)
+        .where(BroadcastProviderMessageStatus.broadcast_provider_message_id == message_id)
+        .order_by(BroadcastProviderMessageStatus.id.desc())
+        .limit(1)
+    )
+
+
+def record_refusal(session: Session, event_id: uuid.UUID, provider: str, reason: str) -> bool:
+    """Appends why (event, provider) was refused, unless that is already the latest reason."""
+    latest = session.scalar(
+        select(BroadcastEventRefusal.reason)
+        .where(BroadcastEventRefusal.broadcast_event_id == event_id, BroadcastEventRefusal.provider == provider)
+        .order_by(BroadcastEventRefusal.id.desc())
+        .limit(1)
+    )
+    if latest == reason:
+        return False
+    session.add(BroadcastEventRefusal(broadcast_event_id=event_id, provider=provider, reason=reason,
+                                      created_at=utcnow()))
+    session.flush()
+    return True
+
+
+def refusals(session: Session, event_id: uuid.UUID) -> dict[str, BroadcastEventRefusal]:
+    """The latest refusal of each provider for the event."""
+    rows = session.scalars(
+        select(BroadcastEventRefusal)
+        .where(BroadcastEventRefusal.broadcast_event_id == event_id)
+        .order_by(BroadcastEventRefusal.id)
+    )
+    return {row.provider: row for row in rows}
 
 
 def history(session: Session, message_id: uuid.UUID) -> list[BroadcastProviderMessageStatus]:

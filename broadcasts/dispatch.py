@@ -3,14 +3,19 @@
 `send_to_provider` is what the orchestrator runs for each (event, provider) on every attempt.
 It is safe to run any number of times, concurrently, after a crash or after success:
 
-- the provider message (the identifier the network sees) is created once and reused;
+- the provider message (the identifier the network sees) is created once and reused, and the
+  payload it carries is fixed at the first attempt, so one identifier is always one message;
 - once it is `returned-ack` nothing calls the proxy for it again;
-- a database lock (`send_lock`) stops two runs calling the proxy for it at the same time;
-- every attempt's outcome is appended to its history before the next one starts.
+- a database lock (`send_lock`) stops two runs calling the proxy for it at the same time, and
+  only the run holding that lock records what a call did;
+- every attempt ends with a record: the call's outcome, a wait (once per earlier event waited
+  for), a refusal (against the event and provider, allocating no identifier) or an unexpected
+  error (`technical-failure`, not retried).
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -39,6 +44,7 @@ from broadcasts.errors import (
     RetryableError,
     SendInProgress,
     SendRefused,
+    UnexpectedError,
 )
 from broadcasts.models import (
     RETURNED_ACK,
@@ -52,6 +58,11 @@ from broadcasts.models import (
 from broadcasts.payloads import Reference, build_payload
 from broadcasts.providers import Provider, get_provider
 
+logger = logging.getLogger(__name__)
+
+# A provider slot yields None when it was taken, or a note saying why the send went without it.
+ProviderSlot = Callable[[], AbstractContextManager[str | None]]
+
 
 @dataclass(frozen=True)
 class SendResult:
@@ -61,6 +72,15 @@ class SendResult:
     message_number: int | None
     route: str | None  # the proxy function that acknowledged, when this run sent it
     sent_now: bool  # False when it was already acknowledged before this run
+
+
+@dataclass(frozen=True)
+class EventPlan:
+    """What the fan-out needs: the providers (service list ∩ enabled, in enabled order) and when
+    retrying must stop (None: the event has no finish time, which its first attempt refuses)."""
+
+    providers: list[str]
+    finishes_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -75,17 +95,24 @@ def _ack(message: BroadcastProviderMessage, route: str | None, sent_now: bool) -
     return SendResult(message.provider, RETURNED_ACK, message.id, message.message_number, route, sent_now)
 
 
+def _attempted(session: Session, message: BroadcastProviderMessage | None) -> bool:
+    return message is not None and message.status in (SENDING, RETURNED_ERROR) and (
+        dao.attempts_so_far(session, message.id) > 0
+    )
+
+
 def _prepare(
     session: Session, event: BroadcastEvent, provider: Provider, headline: str, now: datetime
 ) -> _Ready | SendResult:
-    """Rules 2-5 of SPEC §4, then the provider message and its payload."""
-    guards.ensure_valid_broadcast(event)
+    """Rules 2-5 of SPEC §4, then the provider message and the payload fixed for it."""
+    guards.ensure_valid_broadcast(event, now)
     message = dao.get_provider_message(session, event.id, provider.name)
     if guards.is_acknowledged(message):
         assert message is not None
         return _ack(message, None, sent_now=False)
-    guards.ensure_not_expired(event, message, now)
+    guards.ensure_not_expired(event, now, attempted=_attempted(session, message))
     earlier = dao.earlier_events(session, event)
+    guards.ensure_not_cancelled(event, earlier)
     earlier_messages = {
         m.broadcast_event_id: m
         for m in dao.provider_messages(session, [e.id for e in earlier], provider.name)
@@ -93,24 +120,34 @@ def _prepare(
     pairs = [(e, earlier_messages.get(e.id)) for e in earlier]
     try:
         guards.ensure_earlier_events_acknowledged(event, provider.name, pairs)
-    except EarlierEventPending:
+    except EarlierEventPending as waiting:
         # Create it now so the identifier (and Vodafone number) is fixed while it waits.
-        dao.get_or_create_provider_message(session, event.id, provider.name, provider.numbered)
+        message = dao.get_or_create_provider_message(session, event.id, provider.name, provider.numbered)
+        _record_wait(session, message, waiting)
         raise
     message = dao.get_or_create_provider_message(session, event.id, provider.name, provider.numbered)
-    references = [
-        Reference(m.id, e.sent_at, m.message_number) for e, m in pairs if m is not None
-    ]
-    payload = build_payload(
-        provider,
-        event,
-        identifier=message.id,
-        message_number=message.message_number,
-        references=references,
-        channel=dao.channel(session, event.service_id),
-        headline=headline,
-    )
-    return _Ready(event.id, message.id, payload, event.transmitted_finishes_at)
+    if message.payload is not None:
+        payload = message.payload
+    else:
+        references = [Reference(m.id, e.sent_at, m.message_number) for e, m in pairs if m is not None]
+        payload = dao.fix_payload(session, message, build_payload(
+            provider,
+            event,
+            identifier=message.id,
+            message_number=message.message_number,
+            references=references,
+            channel=dao.channel(session, event.service_id),
+            headline=headline,
+        ))
+    return _Ready(event.id, message.id, payload, event.finishes_at)
+
+
+def _record_wait(session: Session, message: BroadcastProviderMessage, waiting: EarlierEventPending) -> None:
+    """One history row per earlier event waited for, not one per retry."""
+    latest = dao.latest_history_row(session, message.id)
+    waiting_for = str(waiting.earlier_event_id)
+    if latest is None or (latest.detail or {}).get("waiting_for") != waiting_for:
+        dao.append_status(session, message, SENDING, detail={"waiting_for": waiting_for, "reason": waiting.reason})
 
 
 # Losing the database connection or waiting out a lock is transient; a bug (IntegrityError) is not.
@@ -126,7 +163,7 @@ def send_to_provider(
     enabled: Sequence[str],
     headline: str,
     now: Callable[[], datetime] = utcnow,
-    provider_slot: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    provider_slot: ProviderSlot = nullcontext,
 ) -> SendResult:
     """Send one event to one provider once, or raise why not (see `errors`).
 
@@ -134,12 +171,16 @@ def send_to_provider(
     orchestrator's per-provider concurrency limit), never while waiting for a retry. Every
     RetryableError raised names the event, the provider and when retrying must stop.
     """
+    provider = get_provider(provider_name)
     try:
         try:
-            return _send(engine, proxy, event_id, get_provider(provider_name), enabled, headline,
-                         now, provider_slot)
+            return _send(engine, proxy, event_id, provider, enabled, headline, now, provider_slot)
         except TRANSIENT_DATABASE_ERRORS as error:
             raise DatabaseUnavailable(type(error).__name__) from error
+        except DispatchError:
+            raise
+        except Exception as error:
+            raise _record_unexpected(engine, event_id, provider, error) from error
     except RetryableError as error:
         error.event_id, error.provider = event_id, provider_name
         raise
@@ -153,20 +194,17 @@ def _send(
     enabled: Sequence[str],
     headline: str,
     now: Callable[[], datetime],
-    provider_slot: Callable[[], AbstractContextManager[Any]],
+    provider_slot: ProviderSlot,
 ) -> SendResult:
     stop: Exception | None = None
     with unit_of_work(engine) as session:
         event = dao.get_event(session, event_id)
-        expires_at = event.transmitted_finishes_at
+        expires_at = event.finishes_at
         try:
             _ensure_may_send(session, event, provider.name, enabled)  # rule 1
             ready = _prepare(session, event, provider, headline, now())
         except SendRefused as error:
-            # Nothing is created for a refusal; a send already under way is ended with the reason.
-            message = dao.get_provider_message(session, event_id, provider.name)
-            if message is not None and message.status in (SENDING, RETURNED_ERROR):
-                dao.append_status(session, message, TECHNICAL_FAILURE, detail={"error": str(error)})
+            _record_refusal(session, event_id, provider, error)
             stop = error
         except (InvalidBroadcast, EventExpired, EarlierEventFailed, PayloadError) as error:
             _record_failure(session, event_id, provider, error)
@@ -193,14 +231,34 @@ def _ensure_may_send(session: Session, event: BroadcastEvent, provider: str, ena
         raise ProviderNotAvailable(event.id, provider, available)
 
 
+def _record_refusal(session: Session, event_id: uuid.UUID, provider: Provider, error: SendRefused) -> None:
+    """A refusal allocates no identifier: it is recorded against the event and provider. A send
+    already under way (a provider message exists) also ends with the reason."""
+    dao.record_refusal(session, event_id, provider.name, str(error))
+    message = dao.get_provider_message(session, event_id, provider.name)
+    if message is not None and message.status in (SENDING, RETURNED_ERROR):
+        dao.append_status(session, message, TECHNICAL_FAILURE, detail={"error": str(error)})
+
+
 def record_expired_while_retrying(engine: Engine, event_id: object, provider: str) -> None:
-    """Ends an unfinished provider message whose retries stopped at expiry."""
+    """Ends an unfinished provider message whose retries stopped at expiry. Only a run that can
+    take the message's lock records it: while another run's call is in flight, that run records
+    the outcome of its own call."""
     with unit_of_work(engine) as session:
         message = dao.get_provider_message(session, event_id, provider)  # type: ignore[arg-type]
-        if message is not None and message.status in (SENDING, RETURNED_ERROR):
+        if message is None or message.status not in (SENDING, RETURNED_ERROR):
+            return
+        message_id = message.id
+    with send_lock.exclusive(engine, message_id) as held:
+        if not held:
+            return
+        with unit_of_work(engine) as session:
+            message = session.get_one(BroadcastProviderMessage, message_id)
+            if message.status not in (SENDING, RETURNED_ERROR):
+                return
             event = dao.get_event(session, message.broadcast_event_id)
-            assert event.transmitted_finishes_at is not None
-            error = EventExpired(event.id, event.transmitted_finishes_at, while_retrying=True)
+            assert event.finishes_at is not None
+            error = EventExpired(event.id, event.finishes_at, while_retrying=_attempted(session, message))
             dao.append_status(session, message, TECHNICAL_FAILURE, detail={"error": str(error)})
 
 
@@ -209,12 +267,26 @@ def _record_failure(session: Session, event_id: uuid.UUID, provider: Provider, e
     dao.append_status(session, message, TECHNICAL_FAILURE, detail={"error": str(error)})
 
 
+def _record_unexpected(engine: Engine, event_id: uuid.UUID, provider: Provider, error: Exception) -> UnexpectedError:
+    """An error nobody expected must not leave the message `sending` with no history (every later
+    event for this network would wait behind it until it expired): end it `technical-failure`
+    with the error's type and message."""
+    unexpected = UnexpectedError(event_id, provider.name, error)
+    try:
+        with unit_of_work(engine) as session:
+            dao.get_event(session, event_id)
+            _record_failure(session, event_id, provider, unexpected)
+    except Exception:
+        logger.exception("could not record %s", unexpected)
+    return unexpected
+
+
 def _attempt(
     engine: Engine,
     proxy: CBCProxy,
     provider: Provider,
     ready: _Ready,
-    provider_slot: Callable[[], AbstractContextManager[Any]],
+    provider_slot: ProviderSlot,
     now: Callable[[], datetime],
 ) -> SendResult:
     with send_lock.exclusive(engine, ready.message_id) as held:
@@ -228,24 +300,24 @@ def _attempt(
             if message.status == TECHNICAL_FAILURE:  # an operator's replay
                 dao.append_status(session, message, SENDING, detail={"reason": "replayed"})
         outcome: Delivered | AllRoutesFailed | None = None  # None: expired before the call
-        with provider_slot():
+        with provider_slot() as slot_note:
             if not _has_expired(ready, now()):  # waiting for the slot can take a while
                 try:
                     outcome = proxy.send(provider, ready.payload, deadline=ready.expires_at)
                 except AllRoutesFailed as error:
                     outcome = error
+        extra = {"slot_stuck": slot_note} if slot_note else {}
         with unit_of_work(engine) as session:
             message = session.get_one(BroadcastProviderMessage, ready.message_id)
             if isinstance(outcome, Delivered):
                 failures = [f.as_dict() for f in outcome.failures]
-                dao.append_status(
-                    session, message, RETURNED_ACK, route=outcome.function, attempt=attempt,
-                    detail={"failed_routes": failures} if failures else None,
-                )
+                detail = {**extra, **({"failed_routes": failures} if failures else {})}
+                dao.append_status(session, message, RETURNED_ACK, route=outcome.function, attempt=attempt,
+                                  detail=detail or None)
                 return _ack(message, outcome.function, sent_now=True)
-            detail: dict[str, Any] = {}
+            detail: dict[str, Any] = dict(extra)
             if outcome is not None:
-                detail = {"error": str(outcome), "failed_routes": outcome.failures}
+                detail |= {"error": str(outcome), "failed_routes": outcome.failures}
             error: DispatchError | None = outcome
             if _has_expired(ready, now()):
                 assert ready.expires_at is not None
@@ -263,7 +335,21 @@ def _has_expired(ready: _Ready, now: datetime) -> bool:
     return ready.expires_at is not None and ready.expires_at < now
 
 
-def providers_for_event(session: Session, event_id: uuid.UUID, enabled: Sequence[str]) -> list[str]:
-    """The providers an event goes to: its service's list ∩ the enabled list, in enabled order."""
+def plan_event(session: Session, event_id: uuid.UUID, enabled: Sequence[str]) -> EventPlan:
+    """The providers an event goes to (its service's list ∩ the enabled list, in enabled order)
+    and its finish time."""
     event = dao.get_event(session, event_id)
-    return dao.available_providers(session, event.service_id, enabled)
+    return EventPlan(dao.available_providers(session, event.service_id, enabled), event.finishes_at)
+
+
+def read_plan(engine: Engine, event_id: uuid.UUID, enabled: Sequence[str]) -> EventPlan:
+    """`plan_event` in its own transaction; a lost connection is a retryable DatabaseUnavailable."""
+    try:
+        with unit_of_work(engine) as session:
+            return plan_event(session, event_id, enabled)
+    except TRANSIENT_DATABASE_ERRORS as error:
+        raise DatabaseUnavailable(f"{type(error).__name__} reading event {event_id}") from error
+
+
+def providers_for_event(session: Session, event_id: uuid.UUID, enabled: Sequence[str]) -> list[str]:
+    return plan_event(session, event_id, enabled).providers

@@ -4,19 +4,23 @@
     ├── RetryableError            the orchestrator retries (1, 2, 4 … 240 s) until the event expires
     │   ├── AllRoutesFailed       primary and failover proxy both failed this attempt
     │   ├── EarlierEventPending   an earlier event of the broadcast is not yet acknowledged
+    │   │                         (recorded once per earlier event as a `waiting_for` history row)
     │   ├── SendInProgress        another run is calling the proxy for this (event, provider)
-    │   ├── ProviderBusy          the per-provider concurrency slot could not be taken
     │   └── DatabaseUnavailable   the database could not be reached or stayed locked
-    └── NotSendable               never retried; the provider message (if any) says why
-        ├── SendRefused           nothing sent, nothing recorded
+    └── NotSendable               never retried; the record says why
+        ├── SendRefused           nothing sent and no identifier allocated; the reason is
+        │   │                     appended to `broadcast_event_refusal` (a send already under
+        │   │                     way also ends technical-failure with it)
         │   ├── MessageStubbed
         │   ├── ServiceNotLive    inactive or restricted (trial) service
         │   ├── ProviderNotAvailable  not in the service's list ∩ ENABLED_CBCS
-        │   └── DispatchDisabled  CBC_PROXY_ENABLED is false
-        ├── InvalidBroadcast      content or areas break SPEC §6   → technical-failure
-        ├── EventExpired          finishes_at has passed           → technical-failure
+        │   ├── BroadcastCancelled    an alert or update written after its broadcast's cancel
+        │   └── DispatchDisabled  CBC_PROXY_ENABLED is false (nothing is read or written)
+        ├── InvalidBroadcast      content, areas or finish time break the rules → technical-failure
+        ├── EventExpired          its finish time has passed         → technical-failure
         ├── EarlierEventFailed    an earlier event ended technical-failure → technical-failure
         ├── PayloadError          a payload cannot be built from the stored rows
+        ├── UnexpectedError       anything else (a bug, a malformed row) → technical-failure
         ├── UnknownEvent
         └── UnknownProvider
 
@@ -55,12 +59,13 @@ class AllRoutesFailed(RetryableError):
 
 
 class EarlierEventPending(RetryableError):
-    def __init__(self, event_id: object, provider: str, earlier_event_id: object, status: str) -> None:
+    def __init__(
+        self, event_id: object, provider: str, earlier_event_id: object, earlier_type: str, status: str
+    ) -> None:
         self.earlier_event_id = earlier_event_id
-        super().__init__(
-            f"event {event_id} waits for earlier event {earlier_event_id} to be acknowledged by "
-            f"{provider} (it is {status})"
-        )
+        # What `broadcasts status` shows on the waiting message's history row.
+        self.reason = f"waiting for event {earlier_event_id} ({earlier_type}, not yet acknowledged by {provider})"
+        super().__init__(f"event {event_id} is {self.reason}; it is {status}")
 
 
 class DatabaseUnavailable(RetryableError):
@@ -73,17 +78,13 @@ class SendInProgress(RetryableError):
         super().__init__(f"another run is sending event {event_id} to {provider}; will check again")
 
 
-class ProviderBusy(RetryableError):
-    def __init__(self, provider: str, reason: object) -> None:
-        super().__init__(f"could not take the {provider} concurrency slot ({reason}); will try again")
-
-
 class NotSendable(DispatchError):
     """Retrying cannot help."""
 
 
 class SendRefused(NotSendable):
-    """The send was not allowed; nothing was sent and no provider message was written."""
+    """The send was not allowed: nothing was sent and no identifier allocated. The dispatcher
+    records the reason against the event and provider (`broadcast_event_refusal`)."""
 
 
 class MessageStubbed(SendRefused):
@@ -101,6 +102,14 @@ class ProviderNotAvailable(SendRefused):
         super().__init__(
             f"event {event_id}: its service may not use {provider} (available: "
             f"{', '.join(available) or 'none'}); nothing is sent"
+        )
+
+
+class BroadcastCancelled(SendRefused):
+    def __init__(self, event_id: object, cancel_event_id: object) -> None:
+        super().__init__(
+            f"event {event_id} was written after cancel {cancel_event_id} of its broadcast; "
+            "a cancelled broadcast is not changed or sent again"
         )
 
 
@@ -134,6 +143,16 @@ class EarlierEventFailed(NotSendable):
 
 class PayloadError(NotSendable):
     """Our data cannot make a valid payload; a bug or a bad row, never the route's fault."""
+
+
+class UnexpectedError(NotSendable):
+    """Not retried: whatever went wrong will go wrong again until someone looks."""
+
+    def __init__(self, event_id: object, provider: str, error: BaseException) -> None:
+        super().__init__(
+            f"event {event_id} to {provider}: unexpected {type(error).__name__}: {error}. "
+            f"After fixing the cause: `{replay_command(event_id, provider)}`"
+        )
 
 
 class UnknownEvent(NotSendable):

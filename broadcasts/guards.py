@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from broadcasts.errors import (
+    BroadcastCancelled,
     EarlierEventFailed,
     EarlierEventPending,
     EventExpired,
@@ -19,12 +20,11 @@ from broadcasts.errors import (
 )
 from broadcasts.models import (
     RETURNED_ACK,
-    RETURNED_ERROR,
-    SENDING,
     TECHNICAL_FAILURE,
     BroadcastEvent,
     BroadcastProviderMessage,
 )
+from broadcasts.retry import LONGEST_ALERT
 from broadcasts.validation import areas_problems, content_problems
 
 
@@ -38,15 +38,25 @@ def ensure_service_may_broadcast(event: BroadcastEvent) -> None:
         raise ServiceNotLive(event.id, event.service_id, "restricted (trial mode)")
 
 
-def ensure_valid_broadcast(event: BroadcastEvent) -> None:
+def ensure_valid_broadcast(event: BroadcastEvent, now: datetime) -> None:
     """Rule 2: content and areas an alert or update carries must fit SPEC §6 (a cancel carries
-    neither)."""
-    if event.message_type == "cancel":
-        return
-    problems = content_problems((event.transmitted_content or {}).get("body"))
-    problems += areas_problems(event.transmitted_areas)
-    if event.transmitted_finishes_at is None:
-        problems.append("no transmitted_finishes_at (an alert must expire)")
+    neither), and every event needs a finish time no further away than the retry plan covers."""
+    problems = []
+    if event.message_type != "cancel":
+        content = event.transmitted_content
+        if content is not None and not isinstance(content, dict):
+            problems.append(f"transmitted_content is {type(content).__name__}, not an object with a body")
+        else:
+            problems += content_problems((content or {}).get("body"))
+        problems += areas_problems(event.transmitted_areas)
+    finishes_at = event.finishes_at
+    if finishes_at is None:
+        problems.append("no finish time (neither transmitted_finishes_at nor the message's finishes_at)")
+    elif finishes_at - now > LONGEST_ALERT:
+        problems.append(
+            f"it finishes at {finishes_at.isoformat()}, more than {LONGEST_ALERT.days} days away "
+            f"(the longest alert retries can cover)"
+        )
     if problems:
         raise InvalidBroadcast(event.id, problems)
 
@@ -56,14 +66,22 @@ def is_acknowledged(message: BroadcastProviderMessage | None) -> bool:
     return message is not None and message.status == RETURNED_ACK
 
 
-def ensure_not_expired(
-    event: BroadcastEvent, message: BroadcastProviderMessage | None, now: datetime
-) -> None:
-    """Rule 4: past `transmitted_finishes_at` nothing is sent (equal to now is not expired)."""
-    finishes_at = event.transmitted_finishes_at
+def ensure_not_expired(event: BroadcastEvent, now: datetime, attempted: bool) -> None:
+    """Rule 4: past its finish time nothing is sent (equal to now is not expired). `attempted`:
+    the proxy was already tried for it, so it expired while retrying."""
+    finishes_at = event.finishes_at
     if finishes_at is not None and finishes_at < now:
-        retrying = message is not None and message.status in (SENDING, RETURNED_ERROR)
-        raise EventExpired(event.id, finishes_at, while_retrying=retrying)
+        raise EventExpired(event.id, finishes_at, while_retrying=attempted)
+
+
+def ensure_not_cancelled(event: BroadcastEvent, earlier: Sequence[BroadcastEvent]) -> None:
+    """An alert or update written after its broadcast's cancel is refused; a cancel is always
+    sendable (`earlier`: events with a strictly earlier `sent_at`)."""
+    if event.message_type == "cancel":
+        return
+    for earlier_event in earlier:
+        if earlier_event.message_type == "cancel" and earlier_event.sent_at < event.sent_at:
+            raise BroadcastCancelled(event.id, earlier_event.id)
 
 
 def ensure_earlier_events_acknowledged(
@@ -80,4 +98,4 @@ def ensure_earlier_events_acknowledged(
     for earlier_event, message in earlier:
         if not is_acknowledged(message):
             status = message.status if message is not None else "not yet sent"
-            raise EarlierEventPending(event.id, provider, earlier_event.id, status)
+            raise EarlierEventPending(event.id, provider, earlier_event.id, earlier_event.message_type, status)

@@ -156,6 +156,14 @@ class BroadcastEvent(Base):
     service: Mapped[Service] = relationship()
     broadcast_message: Mapped[BroadcastMessage] = relationship()
 
+    @property
+    def finishes_at(self) -> datetime | None:
+        """When the event stops being sendable: its own finish time, else its message's (another
+        writer may leave a cancel's empty). None only for a row that cannot be sent."""
+        if self.transmitted_finishes_at is not None:
+            return self.transmitted_finishes_at
+        return self.broadcast_message.finishes_at if self.broadcast_message is not None else None
+
 
 class BroadcastProviderMessage(Base):
     __tablename__ = "broadcast_provider_message"
@@ -174,6 +182,9 @@ class BroadcastProviderMessage(Base):
     status: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime | None] = mapped_column(onupdate=utcnow)
+    # What the network receives for this identifier, fixed at the first attempt and reused on
+    # every retry and replay (a channel changed meanwhile must not change the message).
+    payload: Mapped[dict[str, Any] | None]
 
     number: Mapped[BroadcastProviderMessageNumber | None] = relationship(lazy="joined")
 
@@ -217,6 +228,25 @@ class BroadcastProviderMessageNumber(Base):
     broadcast_provider_message_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("broadcast_provider_message.id", name="fk_broadcast_provider_message_number_message")
     )
+
+
+class BroadcastEventRefusal(Base):
+    """Append-only: why an (event, provider) was refused (stubbed, service not live, provider not
+    available, broadcast cancelled). A refusal allocates no identifier, so it has its own table."""
+
+    __tablename__ = "broadcast_event_refusal"
+    __table_args__ = (
+        one_of("provider", tuple(PROVIDERS)),
+        Index("ix_broadcast_event_refusal_event", "broadcast_event_id", "provider"),
+    )
+
+    id: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
+    broadcast_event_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("broadcast_event.id", name="fk_broadcast_event_refusal_event")
+    )
+    provider: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class LinkTestResult(Base):

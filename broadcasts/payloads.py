@@ -76,9 +76,10 @@ def build_payload(
         }
         return _numbered(provider, payload, message_number)
 
-    description = (event.transmitted_content or {}).get("body")
-    if not description or event.transmitted_finishes_at is None:
-        raise PayloadError(f"event {event.id} has no body or no finishes_at")
+    content = event.transmitted_content
+    description = content.get("body") if isinstance(content, dict) else None
+    if not description or event.finishes_at is None:
+        raise PayloadError(f"event {event.id} has no body or no finish time")
     payload = {
         "message_type": event.message_type,
         "identifier": str(identifier),
@@ -87,7 +88,7 @@ def build_payload(
         "description": description,
         "areas": [{"polygon": p} for p in event.transmitted_areas["simple_polygons"]],
         "sent": cap_time(event.sent_at),
-        "expires": cap_time(event.transmitted_finishes_at),
+        "expires": cap_time(event.finishes_at),
         "language": provider.language(welsh=is_welsh(description)),
         "channel": channel,
     }

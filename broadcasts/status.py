@@ -23,11 +23,14 @@ class HistoryEntry:
     detail: dict[str, Any] | None
 
 
+REFUSED = "refused"  # shown for a provider whose send was refused: no provider message exists
+
+
 @dataclass(frozen=True)
 class ProviderStatus:
     provider: str
     status: str
-    identifier: uuid.UUID
+    identifier: uuid.UUID | None
     message_number: str | None
     attempts: int
     last_error: str | None
@@ -38,7 +41,7 @@ class ProviderStatus:
         return {
             "provider": self.provider,
             "status": self.status,
-            "identifier": str(self.identifier),
+            "identifier": str(self.identifier) if self.identifier else None,
             "message_number": self.message_number,
             "attempts": self.attempts,
             "last_error": self.last_error,
@@ -46,22 +49,27 @@ class ProviderStatus:
 
 
 def event_status(session: Session, event_id: uuid.UUID) -> list[ProviderStatus]:
-    """Every provider message of the event (raises UnknownEvent), in the provider table's order."""
+    """Every provider message of the event, and every refused provider (no message, so no
+    identifier), in the provider table's order (raises UnknownEvent)."""
     dao.get_event(session, event_id)
-    result = []
-    for message in sorted(dao.provider_messages(session, [event_id]), key=lambda m: list(PROVIDERS).index(m.provider)):
+    found = {}
+    for message in dao.provider_messages(session, [event_id]):
         rows = dao.history(session, message.id)
         errors = [r.detail["error"] for r in rows if r.detail and r.detail.get("error")]
+        last_error = errors[-1] if errors and message.status != "returned-ack" else None
+        if rows and rows[-1].detail and rows[-1].detail.get("waiting_for"):
+            last_error = rows[-1].detail["reason"]
         number = message.message_number
-        result.append(
-            ProviderStatus(
-                provider=message.provider,
-                status=message.status,
-                identifier=message.id,
-                message_number=message_number_hex(number) if number is not None else None,
-                attempts=max((r.attempt or 0 for r in rows), default=0),
-                last_error=errors[-1] if errors and message.status != "returned-ack" else None,
-                history=[HistoryEntry(r.status, r.created_at, r.attempt, r.route, r.detail) for r in rows],
-            )
+        found[message.provider] = ProviderStatus(
+            provider=message.provider,
+            status=message.status,
+            identifier=message.id,
+            message_number=message_number_hex(number) if number is not None else None,
+            attempts=max((r.attempt or 0 for r in rows), default=0),
+            last_error=last_error,
+            history=[HistoryEntry(r.status, r.created_at, r.attempt, r.route, r.detail) for r in rows],
         )
-    return result
+    for provider, refusal in dao.refusals(session, event_id).items():
+        if provider not in found:
+            found[provider] = ProviderStatus(provider, REFUSED, None, None, 0, refusal.reason)
+    return [found[p] for p in PROVIDERS if p in found]

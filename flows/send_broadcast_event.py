@@ -5,12 +5,12 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, unmapped
 from prefect.states import Completed, Failed, State
 
-from broadcasts.db import get_engine, unit_of_work
-from broadcasts.dispatch import providers_for_event
+from broadcasts.errors import DispatchError
 from broadcasts.settings import get_settings
 from broadcasts.validation import parse_uuid
 from flows.outcomes import publish_table, unacknowledged, wait_for_all
-from tasks.send_provider_message import with_schedule
+from tasks.read_event_plan import read_event_plan
+from tasks.send_provider_message import planned_for
 
 FLOW_NAME = "send-broadcast-event"
 
@@ -24,18 +24,20 @@ def send_broadcast_event(broadcast_event_id: str) -> State:
         return Completed(message="dispatch disabled: nothing sent")
 
     event_id = parse_uuid(broadcast_event_id, "broadcast event id")
-    with unit_of_work(get_engine(settings.database_url)) as session:
-        providers = providers_for_event(session, event_id, settings.enabled_cbcs)
-    if not providers:
+    try:
+        plan = read_event_plan(event_id)
+    except DispatchError as error:
+        return Failed(message=f"nothing sent for event {event_id}: {error}")
+    if not plan.providers:
         logger.warning("event %s: its service may use none of the enabled providers %s; nothing sent",
                        event_id, ", ".join(settings.enabled_cbcs))
         return Completed(message="no available provider: nothing sent")
 
-    send = with_schedule(settings.broadcast_retry_delay_scale)
-    futures = send.map(unmapped(broadcast_event_id), providers)
-    rows = publish_table(event_id, wait_for_all(providers, futures))
+    send = planned_for(plan.finishes_at, settings.broadcast_retry_delay_scale)
+    futures = send.map(unmapped(broadcast_event_id), plan.providers)
+    rows = publish_table(event_id, wait_for_all(plan.providers, futures))
 
-    missing = unacknowledged(rows, providers)
+    missing = unacknowledged(rows, plan.providers)
     if missing:
         return Failed(message=f"event {event_id} not acknowledged by {', '.join(missing)}")
-    return Completed(message=f"event {event_id} acknowledged by {', '.join(providers)}")
+    return Completed(message=f"event {event_id} acknowledged by {', '.join(plan.providers)}")

@@ -5,11 +5,13 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed, State
 
+from broadcasts.errors import DispatchError
 from broadcasts.providers import get_provider
 from broadcasts.settings import get_settings
 from broadcasts.validation import parse_uuid
 from flows.outcomes import publish_table, unacknowledged, wait_for_all
-from tasks.send_provider_message import with_schedule
+from tasks.read_event_plan import read_event_plan
+from tasks.send_provider_message import planned_for
 
 FLOW_NAME = "send-provider-message"
 
@@ -21,8 +23,12 @@ def send_provider_message(broadcast_event_id: str, provider: str) -> State:
         get_run_logger().info("CBC_PROXY_ENABLED is false: nothing is sent for event %s", broadcast_event_id)
         return Completed(message="dispatch disabled: nothing sent")
     event_id = parse_uuid(broadcast_event_id, "broadcast event id")
-    get_provider(provider)  # an unknown provider fails here, before anything runs
-    send = with_schedule(settings.broadcast_retry_delay_scale)
+    try:
+        get_provider(provider)  # an unknown provider fails here, before anything runs
+        plan = read_event_plan(event_id)
+    except DispatchError as error:
+        return Failed(message=f"nothing sent for event {event_id}: {error}")
+    send = planned_for(plan.finishes_at, settings.broadcast_retry_delay_scale)
     future = send.submit(broadcast_event_id, provider)
     rows = publish_table(event_id, wait_for_all([provider], [future]))
     missing = unacknowledged(rows, [provider])

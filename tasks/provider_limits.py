@@ -6,9 +6,16 @@ while a retry waits, or one failing alert would hold back every other alert for 
 
 The slot is taken and released with the lease endpoints directly, on this thread's own client:
 Prefect's `concurrency()` helper shares an event loop across flow runs in one process, and two
-flow runs finishing together were seen to leave a slot occupied for good. A slot that cannot be
-taken in time is `ProviderBusy` (retried like any transient failure), so a leaked slot delays a
-send instead of stopping it.
+flow runs finishing together were seen to leave a slot occupied for good.
+
+A slot must never keep an alert from a network. The wait for it is longer than any live holder
+can hold it (the caller sets it: both routes timing out, plus a margin), so a slot still taken
+after it belongs to nobody: a crashed holder whose lease was lost (the server's in-memory lease
+store forgets leases when it restarts) or one far longer than ours. Then the send goes ahead
+without it (the per-message lock and the ordering rule still stop a second or an out-of-order
+send), logs an ERROR, emits the Prefect event `broadcast.provider.slot-stuck`, frees the stale
+slot so the next send does not wait again, and tells the caller, which records it in the
+attempt's history. An unreachable Prefect API is waited out the same way.
 """
 
 from __future__ import annotations
@@ -22,14 +29,16 @@ from contextlib import contextmanager
 
 import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.exceptions import ObjectAlreadyExists
-
-from broadcasts.errors import ProviderBusy
+from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+from prefect.events import emit_event
+from prefect.exceptions import MissingContextError, ObjectAlreadyExists, ObjectNotFound
+from prefect.logging import get_run_logger
 
 # The shortest lease the server accepts; a crashed holder frees the slot when it runs out.
 LEASE_SECONDS = 60
 # Waiters ask again at least this often (Prefect's own waiters back off to 10-30 s).
 MAX_POLL_SECONDS = 0.5
+SLOT_STUCK_EVENT = "broadcast.provider.slot-stuck"
 
 logger = logging.getLogger(__name__)
 _ensured: set[str] = set()
@@ -41,34 +50,39 @@ def limit_name(provider: str) -> str:
 
 
 def ensure_limits(providers: Iterable[str]) -> None:
-    """Creates any missing limit (limit 1), once per process. An unreachable API is
-    `ProviderBusy`, retried like any transient failure."""
+    """Creates any missing limit (limit 1), once per process. An unreachable API is left to
+    `provider_slot`, which waits it out like a taken slot."""
     with _ensured_lock:
         missing = {p: limit_name(p) for p in providers if limit_name(p) not in _ensured}
         if not missing:
             return
         with get_client(sync_client=True) as client:
-            for provider, name in missing.items():
+            for name in missing.values():
                 try:
                     client.upsert_global_concurrency_limit_by_name(name, limit=1)
                 except ObjectAlreadyExists:  # another process created it first
                     pass
-                except httpx.HTTPError as error:
-                    raise ProviderBusy(provider, error) from error
+                except httpx.HTTPError:
+                    logger.warning("could not create the concurrency limit %s", name, exc_info=True)
+                    continue
                 _ensured.add(name)
 
 
 @contextmanager
-def provider_slot(provider: str, timeout_seconds: float) -> Iterator[None]:
-    """Holds the provider's slot (renewing its lease) for the body of the `with`."""
+def provider_slot(provider: str, timeout_seconds: float) -> Iterator[str | None]:
+    """Holds the provider's slot (renewing its lease) for the body of the `with` and yields None;
+    or, when the slot stayed taken for `timeout_seconds`, yields why the body runs without it."""
     name = limit_name(provider)
     with get_client(sync_client=True) as client:
         lease_id = _acquire(client, provider, name, timeout_seconds)
+        if lease_id is None:
+            yield _report_stuck(client, provider, name, timeout_seconds)
+            return
         released = threading.Event()
         renewer = threading.Thread(target=_renew, args=(client, lease_id, released), daemon=True)
         renewer.start()
         try:
-            yield
+            yield None
         finally:
             released.set()
             renewer.join()
@@ -79,29 +93,65 @@ def provider_slot(provider: str, timeout_seconds: float) -> Iterator[None]:
                                LEASE_SECONDS, exc_info=True)
 
 
-def _acquire(client: SyncPrefectClient, provider: str, name: str, timeout_seconds: float) -> uuid.UUID:
+def _acquire(client: SyncPrefectClient, provider: str, name: str, timeout_seconds: float) -> uuid.UUID | None:
+    """The lease id, or None if the slot could not be taken within `timeout_seconds`."""
     deadline = time.monotonic() + timeout_seconds
     while True:
+        wait = MAX_POLL_SECONDS
         try:
             response = client.increment_concurrency_slots_with_lease(
                 names=[name], slots=1, mode="concurrency", lease_duration=LEASE_SECONDS
             )
         except httpx.HTTPStatusError as error:
-            if error.response.status_code != 423:  # 423 Locked: the slot is taken
-                raise ProviderBusy(provider, error) from error
-            wait = float(error.response.headers.get("Retry-After", MAX_POLL_SECONDS))
+            if error.response.status_code == 423:  # Locked: the slot is taken
+                wait = float(error.response.headers.get("Retry-After", MAX_POLL_SECONDS))
+            else:
+                logger.warning("taking the %s slot: %s", name, error)
         except httpx.HTTPError as error:
-            raise ProviderBusy(provider, error) from error
+            logger.warning("taking the %s slot: %s", name, error)
         else:
             body = response.json()
-            if not body.get("limits"):  # strict: a missing limit is not a free-for-all
-                _ensured.discard(name)
-                raise ProviderBusy(provider, f"the concurrency limit {name} does not exist")
-            return uuid.UUID(body["lease_id"])
+            if body.get("limits"):
+                return uuid.UUID(body["lease_id"])
+            # Strict: a missing limit is not a free-for-all. Create it and ask again.
+            _ensured.discard(name)
+            ensure_limits([provider])
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise ProviderBusy(provider, f"{name} still taken after {timeout_seconds:g} s")
+            return None
         time.sleep(min(wait, MAX_POLL_SECONDS, remaining))
+
+
+def _report_stuck(client: SyncPrefectClient, provider: str, name: str, timeout_seconds: float) -> str:
+    """Says loudly that the slot was stuck, and frees it so the next send need not wait."""
+    try:
+        limit = client.read_global_concurrency_limit_by_name(name)
+        # The API names no lease for a global limit; the limit and its count are what it shows.
+        held = f"{limit.active_slots} of {limit.limit} slot(s) held by a lease nobody released (limit id {limit.id})"
+        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+        freed = "; the stale slot was freed"
+    except (httpx.HTTPError, ObjectNotFound) as error:
+        held, freed = f"the Prefect API did not answer ({error})", ""
+    note = (f"{name} still taken after {timeout_seconds:g} s, longer than any live send holds it: "
+            f"{held}; sent without the slot{freed}")
+    _run_logger().error("%s", note)
+    try:
+        emit_event(
+            event=SLOT_STUCK_EVENT,
+            resource={"prefect.resource.id": f"broadcasts.provider.{provider}", "prefect.resource.name": provider},
+            payload={"limit": name, "detail": note},
+        )
+    except Exception:  # the send matters more than the page
+        logger.warning("could not emit %s", SLOT_STUCK_EVENT, exc_info=True)
+    return note
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter:  # type: ignore[type-arg]
+    """The task run's logger (shown with the run in the UI), or this module's outside a run."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logger
 
 
 def _renew(client: SyncPrefectClient, lease_id: uuid.UUID, released: threading.Event) -> None:

@@ -3,10 +3,12 @@ acknowledged, cannot be sent, or the event expires. The retry policy lives here 
 
 from __future__ import annotations
 
+import logging
 import uuid
-from typing import Any
+from datetime import datetime
+from typing import Any, SupportsIndex
 
-from prefect import get_run_logger, task
+from prefect import Task, get_run_logger, task
 
 from broadcasts import dispatch, retry
 from broadcasts.cbc_proxy import get_proxy
@@ -16,34 +18,58 @@ from broadcasts.models import utcnow
 from broadcasts.settings import get_settings
 from tasks.provider_limits import ensure_limits, provider_slot
 
+logger = logging.getLogger(__name__)
+
 
 def should_retry(task: Any, task_run: Any, state: Any) -> bool:
     """Retry only retryable failures, and only while the event has not expired. When expiry
     stops the retries, the provider message ends `technical-failure` ("expired while
-    retrying") here, the one place that decision is taken."""
+    retrying") here, the one place that decision is taken; if that record cannot be written,
+    retry once more so the next attempt writes it."""
     error = state.data
     if not isinstance(error, RetryableError):
         return False
     if error.expires_at is None or utcnow() <= error.expires_at:
         return True
     if error.provider is not None:
-        dispatch.record_expired_while_retrying(
-            get_engine(get_settings().database_url), error.event_id, error.provider
-        )
+        try:
+            dispatch.record_expired_while_retrying(
+                get_engine(get_settings().database_url), error.event_id, error.provider
+            )
+        except Exception:
+            logger.warning("could not record that event %s expired while retrying for %s; trying "
+                           "once more so the next attempt records it", error.event_id, error.provider,
+                           exc_info=True)
+            return True
     return False
+
+
+class DelaysCutAtExpiry(list[float]):
+    """The schedule as Prefect reads it: the engine indexes `retry_delay_seconds` at the moment a
+    retry is due, so each wait is computed then and cut to land just after the finish time."""
+
+    def __init__(self, finishes_at: datetime | None, scale: float) -> None:
+        super().__init__(retry.scaled_delays(scale))
+        self.finishes_at, self.scale = finishes_at, scale
+
+    def __getitem__(self, index: SupportsIndex | slice) -> Any:
+        if isinstance(index, slice):
+            return super().__getitem__(index)
+        seconds_left = None if self.finishes_at is None else (self.finishes_at - utcnow()).total_seconds()
+        return retry.delay_before(int(index), seconds_left, self.scale)
 
 
 @task(
     name="send-to-provider",
     task_run_name="send {provider} event {broadcast_event_id}",
-    retries=retry.MAX_RETRIES,
+    retries=retry.MAX_RETRIES + retry.SPARE_RETRIES,
     retry_delay_seconds=retry.RETRY_DELAYS,
     retry_condition_fn=should_retry,
 )
 def send_to_provider(broadcast_event_id: str, provider: str) -> dispatch.SendResult:
     logger = get_run_logger()
     settings = get_settings()
-    # Long enough for another send to this provider to try both routes and time out on each.
+    # Longer than another send to this provider can hold the slot: both routes timing out.
     slot_timeout = 2 * (settings.cbc_proxy_connect_timeout + settings.cbc_proxy_read_timeout) + 10
     try:
         ensure_limits([provider])
@@ -70,8 +96,11 @@ def send_to_provider(broadcast_event_id: str, provider: str) -> dispatch.SendRes
     return result
 
 
-def with_schedule(scale: float):  # type: ignore[no-untyped-def]
-    """The task with its delays multiplied by BROADCAST_RETRY_DELAY_SCALE (tests and demo only)."""
-    if scale == 1:
-        return send_to_provider
-    return send_to_provider.with_options(retry_delay_seconds=retry.scaled_delays(scale))
+def planned_for(finishes_at: datetime | None, scale: float) -> Task[Any, dispatch.SendResult]:
+    """The task with this run's retry plan: as many retries as reach the event's finish time, the
+    last wait cut to land just after it (`scale` < 1 only in tests and the demo)."""
+    seconds_left = None if finishes_at is None else (finishes_at - utcnow()).total_seconds()
+    return send_to_provider.with_options(
+        retries=retry.planned_retries(seconds_left, scale),
+        retry_delay_seconds=DelaysCutAtExpiry(finishes_at, scale),
+    )

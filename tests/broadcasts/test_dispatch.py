@@ -18,7 +18,7 @@ from broadcasts.models import Service, utcnow
 from broadcasts.settings import get_settings
 from tasks.send_provider_message import should_retry
 from tests.factories import make_alert
-from tests.flows.helpers import statuses
+from tests.flows.helpers import provider_message_count, statuses
 
 
 def send(engine, event_id, provider="ee", enabled=("ee", "three", "o2", "vodafone")):  # type: ignore[no-untyped-def]
@@ -32,7 +32,11 @@ def test_a_provider_outside_the_services_list_is_refused_without_a_call(environm
         send(engine, event_id, "ee")
     with pytest.raises(ProviderNotAvailable):
         send(engine, event_id, "vodafone", enabled=["ee"])
-    assert sim.invocations() == [] and statuses(engine, event_id) == {}
+    assert sim.invocations() == []
+    found = statuses(engine, event_id)  # the refusal is recorded, and no identifier allocated
+    assert {p: (s.status, s.identifier) for p, s in found.items()} == {"ee": ("refused", None), "vodafone": ("refused", None)}
+    assert "may not use ee" in found["ee"].last_error
+    assert provider_message_count(engine, event_id) == 0
 
 
 def test_a_service_that_stops_being_live_ends_a_retrying_send_with_the_reason(environment, engine, sim):

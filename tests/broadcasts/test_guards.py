@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from broadcasts.errors import (
+    BroadcastCancelled,
     EarlierEventFailed,
     EarlierEventPending,
     EventExpired,
@@ -21,6 +22,7 @@ from broadcasts.errors import (
 )
 from broadcasts.guards import (
     ensure_earlier_events_acknowledged,
+    ensure_not_cancelled,
     ensure_not_expired,
     ensure_service_may_broadcast,
     ensure_valid_broadcast,
@@ -109,14 +111,14 @@ def test_a_live_service_with_an_unstubbed_message_may_broadcast():
 
 @pytest.mark.parametrize("message_type", ["alert", "update"])
 def test_a_valid_alert_or_update_passes(message_type):
-    assert ensure_valid_broadcast(make_event(message_type)) is None
+    assert ensure_valid_broadcast(make_event(message_type), NOW) is None
 
 
 @pytest.mark.parametrize("message_type", ["alert", "update"])
 def test_too_long_content_is_an_invalid_broadcast_listing_the_length(message_type):
     event = make_event(message_type, body="a" * 1396)
     with pytest.raises(InvalidBroadcast) as raised:
-        ensure_valid_broadcast(event)
+        ensure_valid_broadcast(event, NOW)
     assert len(raised.value.problems) == 1
     assert "1396 GSM-7" in raised.value.problems[0]
     assert str(event.id) in str(raised.value)
@@ -126,41 +128,65 @@ def test_too_long_content_is_an_invalid_broadcast_listing_the_length(message_typ
 @pytest.mark.parametrize("body", [None, "", "   "], ids=["no-content", "empty", "blank"])
 def test_missing_or_empty_content_is_an_invalid_broadcast(body):
     with pytest.raises(InvalidBroadcast) as raised:
-        ensure_valid_broadcast(make_event("alert", body=body))
+        ensure_valid_broadcast(make_event("alert", body=body), NOW)
     assert raised.value.problems == ["content is empty"]
 
 
 @pytest.mark.parametrize("message_type", ["alert", "update"])
 def test_an_event_without_a_polygon_is_an_invalid_broadcast(message_type):
     with pytest.raises(InvalidBroadcast) as raised:
-        ensure_valid_broadcast(make_event(message_type, polygons=[]))
+        ensure_valid_broadcast(make_event(message_type, polygons=[]), NOW)
     assert raised.value.problems == ["areas have no polygon"]
 
 
 def test_an_out_of_range_point_is_an_invalid_broadcast_naming_the_coordinate():
     with pytest.raises(InvalidBroadcast, match="latitude 90.5"):
-        ensure_valid_broadcast(make_event(polygons=[[[90.5, 0.0], [1.0, 1.0], [2.0, 2.0]]]))
+        ensure_valid_broadcast(make_event(polygons=[[[90.5, 0.0], [1.0, 1.0], [2.0, 2.0]]]), NOW)
 
 
-@pytest.mark.parametrize("message_type", ["alert", "update"])
-def test_an_alert_or_update_without_finishes_at_is_an_invalid_broadcast(message_type):
+@pytest.mark.parametrize("message_type", ["alert", "update", "cancel"])
+def test_an_event_without_its_own_finish_time_uses_its_messages(message_type):
+    event = make_event(message_type, finishes_at=None)
+    event.broadcast_message.finishes_at = NOW + timedelta(hours=1)
+    assert ensure_valid_broadcast(event, NOW) is None
+    assert event.finishes_at == NOW + timedelta(hours=1)
+    with pytest.raises(EventExpired):
+        ensure_not_expired(event, NOW + timedelta(hours=2), attempted=False)
+
+
+@pytest.mark.parametrize("message_type", ["alert", "update", "cancel"])
+def test_an_event_with_no_finish_time_at_all_is_an_invalid_broadcast(message_type):
     with pytest.raises(InvalidBroadcast) as raised:
-        ensure_valid_broadcast(make_event(message_type, finishes_at=None))
+        ensure_valid_broadcast(make_event(message_type, finishes_at=None), NOW)
     assert len(raised.value.problems) == 1
-    assert "transmitted_finishes_at" in raised.value.problems[0]
+    assert "no finish time" in raised.value.problems[0]
+
+
+@pytest.mark.parametrize("message_type", ["alert", "update", "cancel"])
+def test_an_event_finishing_further_away_than_retries_cover_is_an_invalid_broadcast(message_type):
+    assert ensure_valid_broadcast(make_event(message_type, finishes_at=NOW + timedelta(days=7)), NOW) is None
+    with pytest.raises(InvalidBroadcast, match="more than 7 days away"):
+        ensure_valid_broadcast(make_event(message_type, finishes_at=NOW + timedelta(days=7, seconds=1)), NOW)
+
+
+def test_content_that_is_not_an_object_is_an_invalid_broadcast_not_a_crash():
+    event = make_event()
+    event.transmitted_content = "Flood warning"  # type: ignore[assignment]
+    with pytest.raises(InvalidBroadcast, match="transmitted_content is str, not an object"):
+        ensure_valid_broadcast(event, NOW)
 
 
 def test_every_problem_is_listed_at_once():
     with pytest.raises(InvalidBroadcast) as raised:
-        ensure_valid_broadcast(make_event(body="", polygons=[], finishes_at=None))
+        ensure_valid_broadcast(make_event(body="", polygons=[], finishes_at=None), NOW)
     problems = raised.value.problems
     assert len(problems) == 3
     assert problems[:2] == ["content is empty", "areas have no polygon"]
-    assert "transmitted_finishes_at" in problems[2]
+    assert "no finish time" in problems[2]
 
 
 def test_a_cancel_skips_content_and_area_checks():
-    assert ensure_valid_broadcast(make_event("cancel", body=None, polygons=[], finishes_at=None)) is None
+    assert ensure_valid_broadcast(make_event("cancel", body=None, polygons=[]), NOW) is None
 
 
 # --- rule 3: acknowledged -------------------------------------------------------------------
@@ -185,7 +211,7 @@ def test_no_provider_message_is_not_acknowledged():
 def test_an_event_that_finished_one_second_before_now_has_expired():
     event = make_event(finishes_at=NOW - timedelta(seconds=1))
     with pytest.raises(EventExpired) as raised:
-        ensure_not_expired(event, None, NOW)
+        ensure_not_expired(event, NOW, attempted=False)
     assert raised.value.reason == "expired"
     assert f"event {event.id} expired (finishes_at" in str(raised.value)
     assert "while retrying" not in str(raised.value)
@@ -193,39 +219,32 @@ def test_an_event_that_finished_one_second_before_now_has_expired():
 
 
 def test_an_event_that_finishes_exactly_now_has_not_expired():
-    assert ensure_not_expired(make_event(finishes_at=NOW), None, NOW) is None
+    assert ensure_not_expired(make_event(finishes_at=NOW), NOW, attempted=False) is None
 
 
 def test_an_event_that_finishes_after_now_has_not_expired():
-    assert ensure_not_expired(make_event(finishes_at=NOW + timedelta(seconds=1)), None, NOW) is None
+    assert ensure_not_expired(make_event(finishes_at=NOW + timedelta(seconds=1)), NOW, attempted=True) is None
 
 
 def test_expiry_is_compared_in_absolute_time_not_by_wall_clock_digits():
     plus_two = timezone(timedelta(hours=2))  # 13:00+02:00 is 11:00 UTC: before NOW
     with pytest.raises(EventExpired):
-        ensure_not_expired(make_event(finishes_at=datetime(2026, 11, 27, 13, 0, tzinfo=plus_two)), None, NOW)
+        ensure_not_expired(make_event(finishes_at=datetime(2026, 11, 27, 13, 0, tzinfo=plus_two)), NOW, attempted=False)
 
 
-@pytest.mark.parametrize("status", ["sending", "returned-error"])
-def test_an_event_that_expires_while_its_provider_message_is_in_progress_expired_while_retrying(status):
+def test_an_event_that_expires_after_an_attempt_expired_while_retrying():
     event = make_event(finishes_at=NOW - timedelta(seconds=1))
     with pytest.raises(EventExpired) as raised:
-        ensure_not_expired(event, provider_message(status, event), NOW)
+        ensure_not_expired(event, NOW, attempted=True)
     assert raised.value.reason == "expired while retrying"
     assert "expired while retrying" in str(raised.value)
 
 
-def test_an_expired_event_whose_provider_message_already_failed_is_plainly_expired():
+def test_an_event_that_expires_before_any_attempt_is_plainly_expired():
     event = make_event(finishes_at=NOW - timedelta(seconds=1))
     with pytest.raises(EventExpired) as raised:
-        ensure_not_expired(event, provider_message("technical-failure", event), NOW)
+        ensure_not_expired(event, NOW, attempted=False)
     assert raised.value.reason == "expired"
-
-
-@pytest.mark.parametrize("status", ["sending", "returned-error"])
-def test_an_in_progress_message_of_an_unexpired_event_may_be_retried(status):
-    event = make_event(finishes_at=NOW)
-    assert ensure_not_expired(event, provider_message(status, event), NOW) is None
 
 
 # --- rule 5: earlier events acknowledged ----------------------------------------------------
@@ -285,9 +304,8 @@ def test_an_earlier_event_still_in_progress_makes_the_send_wait_naming_that_even
     with pytest.raises(EarlierEventPending) as raised:
         ensure_earlier_events_acknowledged(second, "three", [(first, message)])
     assert raised.value.earlier_event_id == first.id
-    assert str(raised.value) == (
-        f"event {second.id} waits for earlier event {first.id} to be acknowledged by three (it is {shown})"
-    )
+    assert raised.value.reason == f"waiting for event {first.id} (alert, not yet acknowledged by three)"
+    assert str(raised.value) == f"event {second.id} is {raised.value.reason}; it is {shown}"
     assert isinstance(raised.value, RetryableError)
 
 
@@ -313,3 +331,22 @@ def test_a_failed_earlier_event_wins_over_an_older_pending_one():
     with pytest.raises(EarlierEventFailed) as raised:
         ensure_earlier_events_acknowledged(third, "ee", earlier)
     assert raised.value.earlier_event_id == second.id
+
+
+# --- lifecycle: nothing but a cancel after a cancel -----------------------------------------
+
+
+def test_an_update_written_after_a_cancel_of_its_broadcast_is_refused():
+    alert, cancel, update = broadcast(3)
+    cancel.message_type = "cancel"
+    with pytest.raises(BroadcastCancelled, match=f"after cancel {cancel.id}") as raised:
+        ensure_not_cancelled(update, [alert, cancel])
+    assert isinstance(raised.value, SendRefused)
+
+
+def test_a_cancel_is_always_sendable_and_an_update_before_the_cancel_is_not_refused():
+    alert, update, cancel = broadcast(3)
+    cancel.message_type = "cancel"
+    assert ensure_not_cancelled(update, [alert]) is None
+    second_cancel = make_event("cancel", sent_at=cancel.sent_at + timedelta(minutes=1))
+    assert ensure_not_cancelled(second_cancel, [alert, update, cancel]) is None

@@ -5,10 +5,14 @@ from __future__ import annotations
 import pytest
 
 from broadcasts.retry import (
+    LAND_AFTER_EXPIRY_SECONDS,
     LONGEST_ALERT,
     MAX_DELAY_SECONDS,
     MAX_RETRIES,
     RETRY_DELAYS,
+    SPARE_RETRIES,
+    delay_before,
+    planned_retries,
     retry_delay,
     scaled_delays,
 )
@@ -50,3 +54,37 @@ def test_scaled_delays_multiplies_every_delay():
 
 def test_scaled_delays_by_one_is_the_production_schedule():
     assert scaled_delays(1) == RETRY_DELAYS
+
+
+@pytest.mark.parametrize(
+    "seconds_left, planned",
+    [(None, 0), (0, 0), (0.5, 1), (1, 1), (1.5, 2), (3, 2), (7, 3), (100, 7), (495, 9), (496, 10),
+     (3600, 22), (LONGEST_ALERT.total_seconds(), 2527)],
+)
+def test_a_run_plans_just_enough_retries_to_reach_its_events_finish_time(seconds_left, planned):
+    spares = 0 if seconds_left is None else SPARE_RETRIES
+    assert planned_retries(seconds_left) == planned + spares
+
+
+def test_the_longest_alert_is_planned_within_the_retry_ceiling():
+    assert planned_retries(LONGEST_ALERT.total_seconds()) - SPARE_RETRIES <= MAX_RETRIES
+
+
+def test_a_scaled_schedule_plans_as_many_retries_as_the_same_time_at_full_scale():
+    assert planned_retries(10, scale=0.01) == planned_retries(1000)
+    assert planned_retries(10, scale=0) == MAX_RETRIES + SPARE_RETRIES  # bounded, never a hang
+
+
+@pytest.mark.parametrize(
+    "retry_index, seconds_left, delay",
+    [(0, 100, 1), (3, 100, 8), (6, 10, 10.5), (8, 30, 30.5), (8, 1000, 240), (2, None, 4), (8, -5, 240)],
+)
+def test_the_wait_that_would_pass_the_finish_time_is_cut_to_land_just_after_it(retry_index, seconds_left, delay):
+    assert delay_before(retry_index, seconds_left) == delay
+
+
+def test_the_planned_waits_end_just_after_the_finish_time():
+    seconds_left, waited = 100.0, 0.0
+    for index in range(planned_retries(seconds_left) - SPARE_RETRIES):
+        waited += delay_before(index, seconds_left - waited)
+    assert seconds_left < waited <= seconds_left + LAND_AFTER_EXPIRY_SECONDS

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from broadcasts.errors import AllRoutesFailed, EarlierEventPending, EventExpired, ProviderBusy, SendInProgress
+from broadcasts.errors import AllRoutesFailed, DatabaseUnavailable, EarlierEventPending, EventExpired, SendInProgress
 from broadcasts.models import utcnow
-from broadcasts.retry import MAX_RETRIES, RETRY_DELAYS
-from tasks.send_provider_message import send_to_provider, should_retry, with_schedule
+from broadcasts.retry import MAX_RETRIES, RETRY_DELAYS, SPARE_RETRIES, planned_retries
+from tasks.send_provider_message import planned_for, send_to_provider, should_retry
 
 
 def failed_with(error: Exception) -> SimpleNamespace:
@@ -19,16 +19,28 @@ def failed_with(error: Exception) -> SimpleNamespace:
 
 def test_the_task_uses_the_production_schedule_and_enough_retries():
     assert send_to_provider.retry_delay_seconds == [1, 2, 4, 8, 16, 32, 64, 128, 240] == RETRY_DELAYS
-    assert send_to_provider.retries == MAX_RETRIES
+    assert send_to_provider.retries == MAX_RETRIES + SPARE_RETRIES
     assert send_to_provider.retry_jitter_factor is None
-    assert with_schedule(1) is send_to_provider
-    assert with_schedule(0.5).retry_delay_seconds == [0.5, 1, 2, 4, 8, 16, 32, 64, 120]
+
+
+def test_each_run_plans_retries_from_its_events_time_left_and_cuts_the_last_wait():
+    in_ten_minutes = utcnow() + timedelta(minutes=10)
+    planned = planned_for(in_ten_minutes, 1)
+    assert planned.retries == planned_retries(600) == 9 + 1 + SPARE_RETRIES  # "Retry 3/13", not 3/2532
+    delays = planned.retry_delay_seconds
+    assert list(delays) == RETRY_DELAYS  # what the server is told
+    assert [delays[n] for n in range(8)] == [1, 2, 4, 8, 16, 32, 64, 128]
+    assert delays[8] == 240
+    soon = planned_for(utcnow() + timedelta(seconds=10), 1).retry_delay_seconds
+    assert 10 <= soon[5] <= 10.5  # 32 s would pass the finish time: cut to land just after it
+    assert planned_for(utcnow() + timedelta(seconds=10), 0.01).retry_delay_seconds[5] == pytest.approx(0.32)
 
 
 @pytest.mark.parametrize(
     "error",
-    [AllRoutesFailed([]), EarlierEventPending("e", "ee", "earlier", "sending"), SendInProgress("e", "ee"), ProviderBusy("ee", "x")],
-    ids=["all-routes-failed", "earlier-event-pending", "send-in-progress", "provider-busy"],
+    [AllRoutesFailed([]), EarlierEventPending("e", "ee", "earlier", "alert", "sending"), SendInProgress("e", "ee"),
+     DatabaseUnavailable("x")],
+    ids=["all-routes-failed", "earlier-event-pending", "send-in-progress", "database-unavailable"],
 )
 def test_retryable_failures_are_retried_while_the_event_has_not_expired(error):
     error.expires_at = utcnow() + timedelta(minutes=5)
