@@ -17,6 +17,7 @@ from broadcasts.models import (
     ServiceBroadcastSettings,
 )
 from broadcasts.providers import CHANNELS, PROVIDERS
+from broadcasts.retry import LONGEST_ALERT
 from broadcasts.validation import areas_problems, content_problems
 
 MESSAGE_STATUS_AFTER = {"alert": "broadcasting", "update": "broadcasting", "cancel": "cancelled"}
@@ -48,8 +49,9 @@ def create_event(
 ) -> CreatedEvent:
     """Creates the event, and the service, its settings and the message when not given.
 
-    An alert starts a new message; an update or cancel continues `message_id` and inherits what
-    it does not override. Raises InvalidInput (and writes nothing) on anything malformed.
+    An alert starts a new message; an update or cancel continues `message_id` (neither cancelled
+    nor finished) and inherits what it does not override; a cancel carries no body or areas.
+    Raises InvalidInput (and writes nothing) on anything malformed.
     """
     if message_type not in MESSAGE_STATUS_AFTER:
         raise InvalidInput(f"message type {message_type!r} is not one of alert, update, cancel")
@@ -60,8 +62,15 @@ def create_event(
         raise InvalidInput(f"unknown provider(s) {', '.join(unknown)}; known: {', '.join(PROVIDERS)}")
     if finishes_in is not None and finishes_in <= timedelta(0):
         raise InvalidInput("--finishes-in must be a positive duration")
+    if finishes_in is not None and finishes_in > LONGEST_ALERT:
+        raise InvalidInput(
+            f"--finishes-in {_days(finishes_in)} is longer than the longest alert, {_days(LONGEST_ALERT)} "
+            "(retries are planned to cover at most that)"
+        )
 
-    message = _existing_message(session, message_type, message_id, service_id)
+    message = _existing_message(session, message_type, message_id, service_id, now)
+    if message_type == "cancel" and (body is not None or polygons):
+        raise InvalidInput("a cancel carries no --body or --polygon: it withdraws the broadcast as it is")
     if message is None:
         service = _service(session, service_id, channel, providers)
         if body is None or polygons is None or finishes_in is None:
@@ -99,8 +108,13 @@ def create_event(
     return CreatedEvent(message.service_id, message.id, event.id)
 
 
+def _days(duration: timedelta) -> str:
+    return f"{duration.total_seconds() / 86400:g} days"
+
+
 def _existing_message(
-    session: Session, message_type: str, message_id: uuid.UUID | None, service_id: uuid.UUID | None
+    session: Session, message_type: str, message_id: uuid.UUID | None, service_id: uuid.UUID | None,
+    now: datetime,
 ) -> BroadcastMessage | None:
     if message_id is None:
         if message_type != "alert":
@@ -111,6 +125,13 @@ def _existing_message(
     message = session.get(BroadcastMessage, message_id)
     if message is None:
         raise InvalidInput(f"no broadcast message with id {message_id}")
+    if message.status == "cancelled":
+        raise InvalidInput(f"broadcast message {message_id} is cancelled: it takes no {message_type}")
+    if message.finishes_at is not None and message.finishes_at <= now:
+        raise InvalidInput(
+            f"broadcast message {message_id} finished at {message.finishes_at.isoformat()}: "
+            f"it takes no {message_type}"
+        )
     if service_id is not None and service_id != message.service_id:
         raise InvalidInput(f"broadcast message {message_id} belongs to service {message.service_id}")
     return message

@@ -166,13 +166,25 @@ def test_message_numbers_strictly_increase_and_are_shared_with_link_tests(engine
         with unit_of_work(engine) as session:
             message = dao.get_or_create_provider_message(session, event_id, "vodafone", numbered=True)
             numbers.append(("message", message.number.broadcast_provider_message_number))
-        link_test_route(engine, proxy, "vodafone", "vodafone-1-proxy")
+        link_test_route(engine, proxy, "vodafone", "primary")
         with unit_of_work(engine) as session:
             result = session.scalars(select(LinkTestResult).order_by(LinkTestResult.id.desc())).first()
             numbers.append(("link test", result.message_number))
     values = [n for _, n in numbers]
     assert values == sorted(values) and len(set(values)) == len(values), numbers
     assert {kind for kind, _ in numbers} == {"message", "link test"}
+
+
+def test_link_test_rows_name_the_route_and_the_proxy_function(engine):
+    proxy = CBCProxy(_AcceptingLambda(), function_prefix="arn:aws:lambda:eu-west-2:1:function:")
+    for route in ("primary", "failover"):
+        link_test_route(engine, proxy, "ee", route)
+    with unit_of_work(engine) as session:
+        rows = session.scalars(select(LinkTestResult).order_by(LinkTestResult.id.desc()).limit(2)).all()
+    assert [(r.provider, r.route, r.ok, r.detail) for r in reversed(rows)] == [
+        ("ee", "primary", True, {"function": "arn:aws:lambda:eu-west-2:1:function:ee-1-proxy"}),
+        ("ee", "failover", True, {"function": "arn:aws:lambda:eu-west-2:1:function:ee-2-proxy"}),
+    ]
 
 
 def test_append_status_adds_history_and_updates_the_current_status_together(engine):
