@@ -104,7 +104,7 @@ def _attempted(session: Session, message: BroadcastProviderMessage | None) -> bo
 def _prepare(
     session: Session, event: BroadcastEvent, provider: Provider, headline: str, now: datetime
 ) -> _Ready | SendResult:
-    """Rules 2-5 of SPEC §4, then the provider message and the payload fixed for it."""
+    """Rules 2-5 of docs/behaviour.md §4, then the provider message and the payload fixed for it."""
     guards.ensure_valid_broadcast(event, now)
     message = dao.get_provider_message(session, event.id, provider.name)
     if guards.is_acknowledged(message):

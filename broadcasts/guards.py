@@ -1,4 +1,4 @@
-"""The checks of SPEC §4 that run before every attempt, as named pure rules over loaded rows.
+"""The checks of docs/behaviour.md §4 that run before every attempt, as named pure rules over loaded rows.
 
 Each rule either returns quietly or raises the `errors` type that says why the send cannot go
 ahead now (retryable) or ever (not sendable). Time is always passed in.
@@ -39,7 +39,7 @@ def ensure_service_may_broadcast(event: BroadcastEvent) -> None:
 
 
 def ensure_valid_broadcast(event: BroadcastEvent, now: datetime) -> None:
-    """Rule 2: content and areas an alert or update carries must fit SPEC §6 (a cancel carries
+    """Rule 2: content and areas an alert or update carries must fit docs/behaviour.md §6 (a cancel carries
     neither), and every event needs a finish time no further away than the retry plan covers."""
     problems = []
     if event.message_type != "cancel":

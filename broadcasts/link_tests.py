@@ -1,4 +1,4 @@
-"""Link tests (SPEC §5): prove each route of each provider works, one call per route, no failover."""
+"""Link tests (docs/behaviour.md §5): prove each route of each provider works, one call per route, no failover."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The tables of SPEC §2, as SQLAlchemy 2 typed models. Names are the contract with the service API.
+"""The tables of docs/behaviour.md §2, as SQLAlchemy 2 typed models. Names are the contract with the service API.
 
 Times are stored as naive UTC (`timestamp without time zone`, as the service API writes them) and
 handed to Python as aware UTC datetimes, on PostgreSQL and SQLite alike.

@@ -1,4 +1,4 @@
-"""The JSON each CBC proxy receives (SPEC §3): one pure builder for every provider and message type.
+"""The JSON each CBC proxy receives (docs/behaviour.md §3): one pure builder for every provider and message type.
 
 Glossary: CAP is the OASIS Common Alerting Protocol 1.2; IBAG is the XML the Vodafone proxy
 speaks. The proxies turn these payloads into that XML; `references` lets an update or cancel name

@@ -1,4 +1,4 @@
-"""The retry schedule (SPEC §4), declared once: delay before retry n is min(2**n, 240) seconds.
+"""The retry schedule (docs/behaviour.md §4), declared once: delay before retry n is min(2**n, 240) seconds.
 
 Each run plans its retries from the time its event has left: enough retries to reach the finish
 time, with the wait that would pass it cut to land just after it, so the last attempt (which

@@ -1,4 +1,4 @@
-"""SPEC §6: what content and areas a cell broadcast can carry. Pure functions, no I/O.
+"""docs/behaviour.md §6: what content and areas a cell broadcast can carry. Pure functions, no I/O.
 
 Glossary: GSM-7 is the 7-bit alphabet of GSM 03.38; characters of its extension table are sent
 as an escape plus a character, so they count 2. Content with any character outside GSM-7 is sent

@@ -1,4 +1,4 @@
-"""The simulator's own copy of the CBC proxy payload contract (SPEC section 3).
+"""The simulator's own copy of the CBC proxy payload contract (docs/behaviour.md §3).
 
 `payload_problems` answers "would a real proxy accept this?" with a list of reasons, each starting
 with the key it is about (`references[0].sent: ...`), so a failing test or a recorded invocation
@@ -51,7 +51,7 @@ def payload_problems(function: Function, payload: Any) -> list[str]:
     """Every reason `function` would reject `payload`; empty when it is valid.
 
     The canary accepts any JSON value. A proxy function needs a JSON object whose keys and
-    values follow SPEC section 3 for its message format.
+    values follow docs/behaviour.md §3 for its message format.
     """
     fmt = function.message_format
     if fmt is None:

@@ -1,7 +1,7 @@
 """The per-provider global concurrency limits `cbc-<provider>`: a mutex around each proxy call.
 
 Limit 1 stops two sends to one network overlapping. It is not an ordering tool (waiters are not
-served in order; ordering is SPEC §4 rule 5) and it is held only while the proxy is called, never
+served in order; ordering is docs/behaviour.md §4 rule 5) and it is held only while the proxy is called, never
 while a retry waits, or one failing alert would hold back every other alert for that network.
 
 The slot is taken and released with the lease endpoints directly, on this thread's own client:

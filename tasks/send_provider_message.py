@@ -1,4 +1,4 @@
-"""The provider-send task: one (event, provider), retried on SPEC §4's schedule until it is
+"""The provider-send task: one (event, provider), retried on docs/behaviour.md §4's schedule until it is
 acknowledged, cannot be sent, or the event expires. The retry policy lives here and only here."""
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ List it in the top-level conftest (`pytest_plugins = ["tests.simulator_fixture"]
   faults.
 - `lambda_client` (session): an unmodified boto3 Lambda client for `simulator`, with SDK retries
   off, a 2 s connect timeout and a 3 s read timeout. It does not reset; ask for `sim` too.
-- `make_payload` (function): `build_payload`, valid SPEC section 3 payloads written out by hand.
+- `make_payload` (function): `build_payload`, valid docs/behaviour.md §3 payloads written out by hand.
 
 `start_simulator(prefix=...)` starts an extra process (e.g. with a function-name prefix); use it
 as a context manager.
@@ -173,7 +173,7 @@ TRIANGLE = [[51.5, -0.1], [51.6, -0.1], [51.6, 0.0]]
 
 
 def build_payload(message_type: str = "alert", fmt: str = "cap", **overrides: Any) -> dict:
-    """A valid SPEC section 3 payload of `message_type` for format `fmt` ("cap" or "ibag").
+    """A valid docs/behaviour.md §3 payload of `message_type` for format `fmt` ("cap" or "ibag").
 
     Written out literally, not by the product, so simulator tests do not trust the code under
     test. `overrides` replace or add keys.

@@ -1,4 +1,4 @@
-"""The per-attempt rules of SPEC §4, one test per outcome, over rows built in memory and an
+"""The per-attempt rules of docs/behaviour.md §4, one test per outcome, over rows built in memory and an
 explicit `now`."""
 
 from __future__ import annotations

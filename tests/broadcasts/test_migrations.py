@@ -14,7 +14,7 @@ from broadcasts.db import unit_of_work
 from broadcasts.models import Base, BroadcastProviderMessage, BroadcastProviderMessageNumber
 from tests.factories import make_alert
 
-SPEC_TABLES = {
+CONTRACT_TABLES = {
     "services",
     "service_broadcast_settings",
     "service_broadcast_providers",
@@ -40,7 +40,7 @@ def test_upgrade_head_builds_exactly_the_models_schema(engine):
 
 def test_every_spec_table_exists_with_the_spec_columns(engine):
     inspector = inspect(engine)
-    assert SPEC_TABLES <= set(inspector.get_table_names())
+    assert CONTRACT_TABLES <= set(inspector.get_table_names())
     columns = {c["name"] for c in inspector.get_columns("broadcast_provider_message_status")}
     assert {"id", "broadcast_provider_message_id", "status", "created_at", "route", "attempt", "detail"} <= columns
     columns = {c["name"] for c in inspector.get_columns("broadcast_event")}

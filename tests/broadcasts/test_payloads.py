@@ -1,4 +1,4 @@
-"""Golden payloads (SPEC §3) for every provider and message type, and the provider table."""
+"""Golden payloads (docs/behaviour.md §3) for every provider and message type, and the provider table."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The retry schedule of SPEC §4: min(2**n, 240) seconds before retry n, no jitter."""
+"""The retry schedule of docs/behaviour.md §4: min(2**n, 240) seconds before retry n, no jitter."""
 
 from __future__ import annotations
 

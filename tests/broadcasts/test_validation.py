@@ -1,4 +1,4 @@
-"""SPEC §6 (content and areas) and the input parsers of `broadcasts.validation`."""
+"""docs/behaviour.md §6 (content and areas) and the input parsers of `broadcasts.validation`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from broadcasts.validation import (
     parse_uuid,
 )
 
-WELSH = "ÀÁÂÈÊËÌÍÎÏÒÓÔÙÚÛÝáâêëíîïóôúûýÿŴŵŶŷŸẀẁẂẃẄẅỲỳ"  # SPEC §3, verbatim
+WELSH = "ÀÁÂÈÊËÌÍÎÏÒÓÔÙÚÛÝáâêëíîïóôúûýÿŴŵŶŷŸẀẁẂẃẄẅỲỳ"  # docs/behaviour.md §3, verbatim
 EXTENSION = "^{}\\[~]|€"
 EMOJI = "\N{POLICE CARS REVOLVING LIGHT}"  # outside the BMP: two UTF-16 code units
 TRIANGLE = [[51.5, -0.1], [51.6, -0.1], [51.6, 0.0]]

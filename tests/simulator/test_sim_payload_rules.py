@@ -1,4 +1,4 @@
-"""The simulator's own reading of the payload contract (SPEC section 3)."""
+"""The simulator's own reading of the payload contract (docs/behaviour.md §3)."""
 
 import pytest
 

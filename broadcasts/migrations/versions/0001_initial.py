@@ -1,4 +1,4 @@
-"""The tables of SPEC §2 and the message-number sequence.
+"""The tables of docs/behaviour.md §2 and the message-number sequence.
 
 Revision ID: 0001
 Revises:
