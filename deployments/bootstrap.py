@@ -1,0 +1,89 @@
+"""`broadcasts bootstrap`: what the deployments stand on, created if missing and left alone if
+present, so running it twice changes nothing.
+
+- the `process` work pool `broadcasts`;
+- its queues: `alerts` before `link-tests` (a worker takes the higher-priority queue first, so a
+  link test never queues ahead of an alert);
+- the global concurrency limits `cbc-<provider>` (limit 1) for every enabled provider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.workers.process import ProcessWorker
+
+from deployments import names
+
+
+@dataclass(frozen=True)
+class Step:
+    what: str  # e.g. "work pool broadcasts"
+    created: bool
+
+    def __str__(self) -> str:
+        return f"{'created' if self.created else 'found'}: {self.what}"
+
+
+def bootstrap(providers: Iterable[str]) -> list[Step]:
+    """Creates whatever is missing against the configured Prefect API; returns what it did."""
+    with get_client(sync_client=True) as client:
+        return [
+            _work_pool(client),
+            *(_queue(client, queue, priority) for queue, priority in names.QUEUE_PRIORITIES.items()),
+            *(_limit(client, names.limit_name(provider)) for provider in providers),
+        ]
+
+
+def _work_pool(client: SyncPrefectClient) -> Step:
+    what = f"work pool {names.WORK_POOL} (process)"
+    try:
+        client.read_work_pool(names.WORK_POOL)
+        return Step(what, created=False)
+    except ObjectNotFound:
+        pass
+    try:
+        client.create_work_pool(WorkPoolCreate(
+            name=names.WORK_POOL, type="process",
+            base_job_template=ProcessWorker.get_default_base_job_template(),
+            description="Emergency cell-broadcast dispatch: alerts first, then link tests.",
+        ))
+    except ObjectAlreadyExists:  # another bootstrap won the race
+        return Step(what, created=False)
+    return Step(what, created=True)
+
+
+def _queue(client: SyncPrefectClient, queue: str, priority: int) -> Step:
+    what = f"queue {queue} (priority {priority}) in {names.WORK_POOL}"
+    try:
+        existing = client.read_work_queue_by_name(queue, work_pool_name=names.WORK_POOL)
+    except ObjectNotFound:
+        try:
+            client.create_work_queue(queue, work_pool_name=names.WORK_POOL, priority=priority)
+        except ObjectAlreadyExists:
+            return Step(what, created=False)
+        return Step(what, created=True)
+    if existing.priority != priority:  # someone changed it: alerts must stay first
+        client.update_work_queue(existing.id, priority=priority)
+        return Step(f"{what} (priority was {existing.priority})", created=True)
+    return Step(what, created=False)
+
+
+def _limit(client: SyncPrefectClient, name: str) -> Step:
+    what = f"concurrency limit {name} (limit 1)"
+    try:
+        limit = client.read_global_concurrency_limit_by_name(name)
+    except ObjectNotFound:
+        try:
+            client.upsert_global_concurrency_limit_by_name(name, limit=1)
+        except ObjectAlreadyExists:
+            return Step(what, created=False)
+        return Step(what, created=True)
+    if limit.limit != 1:
+        client.upsert_global_concurrency_limit_by_name(name, limit=1)
+        return Step(f"{what} (was {limit.limit})", created=True)
+    return Step(what, created=False)

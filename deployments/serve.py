@@ -1,0 +1,81 @@
+"""The deployments, and `broadcasts serve`: every deployment served from one process.
+
+The same deployments are in `prefect.yaml` for `prefect deploy --all` and workers on the pool
+`broadcasts`; a test checks the two agree. With several machines, run workers (or `serve`) on
+each: the per-provider limit and the per-message database lock already make that safe.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from prefect.deployments.runner import RunnerDeployment
+from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+from deployments import names
+from flows.send_broadcast_event import send_broadcast_event
+from flows.send_provider_message import send_provider_message
+
+SEND_EVENT_DESCRIPTION = (
+    "Send one broadcast event to every mobile network its service may use, in parallel, "
+    "retrying each until it is acknowledged or the alert expires. Safe to run again: networks "
+    "that already acknowledged are not sent to again, and every network keeps its identifier. "
+    "Started by the webhook (one run per event) or the broadcast.event.created event; "
+    "'Retry' on a failed run re-sends only to the networks that have not acknowledged."
+)
+SEND_PROVIDER_DESCRIPTION = (
+    "Re-send one broadcast event to one network (ee, three, o2 or vodafone) with the same "
+    "identifier; does nothing if that network already acknowledged it. Use 'Custom run' with "
+    "the event id and the provider to replay one network after fixing what stopped it."
+)
+
+# The client side of the production settings (serve and workers): the 10 s defaults add 6-15 s
+# to every alert. `prefect server start` has its own (see `server_settings`).
+CLIENT_SETTINGS = {
+    "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+    "PREFECT_WORKER_QUERY_SECONDS": "1",
+}
+
+
+def event_created_trigger() -> DeploymentEventTrigger:
+    """`broadcast.event.created` on resource `broadcasts.event.<id>` starts a run for that id."""
+    return DeploymentEventTrigger(
+        name="broadcast event created",
+        expect={names.EVENT_CREATED},
+        match={"prefect.resource.id": f"{names.EVENT_RESOURCE_PREFIX}*"},
+        parameters={"broadcast_event_id": "{{ event.resource.id.split('.')[-1] }}"},
+    )
+
+
+def deployments() -> list[RunnerDeployment]:
+    """The deployments `serve` runs (names as in `prefect.yaml`)."""
+    return [
+        send_broadcast_event.to_deployment(
+            name=names.SEND_EVENT_FLOW, description=SEND_EVENT_DESCRIPTION,
+            triggers=[event_created_trigger()],
+        ),
+        send_provider_message.to_deployment(
+            name=names.SEND_PROVIDER_FLOW, description=SEND_PROVIDER_DESCRIPTION,
+        ),
+    ]
+
+
+@contextmanager
+def client_settings() -> Iterator[dict[str, str]]:
+    """The production client settings, unless the operator set them already."""
+    from prefect.settings import PREFECT_RUNNER_POLL_FREQUENCY, PREFECT_WORKER_QUERY_SECONDS, temporary_settings
+
+    setting = {"PREFECT_RUNNER_POLL_FREQUENCY": PREFECT_RUNNER_POLL_FREQUENCY,
+               "PREFECT_WORKER_QUERY_SECONDS": PREFECT_WORKER_QUERY_SECONDS}
+    chosen = {key: os.environ.get(key, value) for key, value in CLIENT_SETTINGS.items()}
+    with temporary_settings(updates={setting[key]: value for key, value in chosen.items()}):
+        yield chosen
+
+
+def serve_all(limit: int | None = None) -> None:
+    """Serves every deployment until SIGTERM or SIGINT (Prefect's runner handles both)."""
+    from prefect import serve
+
+    with client_settings():
+        serve(*deployments(), limit=limit, print_starting_message=False)

@@ -1,0 +1,59 @@
+"""Bootstrap is idempotent, and `prefect deploy --all` succeeds from a clean checkout, against a
+real Prefect server."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+from prefect.client.orchestration import get_client
+
+from deployments import names
+from deployments.bootstrap import bootstrap
+from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+PROVIDERS = ["ee", "three", "o2", "vodafone"]
+
+
+def test_bootstrap_twice_creates_then_finds_the_same_pool_queues_and_limits():
+    first = bootstrap(PROVIDERS)
+    second = bootstrap(PROVIDERS)
+    assert [s.what for s in first] == [s.what for s in second]
+    assert not any(s.created for s in second), [str(s) for s in second]
+    with get_client(sync_client=True) as client:
+        assert client.read_work_pool(names.WORK_POOL).type == "process"
+        queues = {q.name: q.priority for q in client.read_work_queues(work_pool_name=names.WORK_POOL)}
+        limits = {c.name: c.limit for c in client.read_global_concurrency_limits(limit=50)}
+    assert queues[names.ALERTS_QUEUE] < queues[names.LINK_TESTS_QUEUE]  # alerts are taken first
+    assert min(queues.values()) == queues[names.ALERTS_QUEUE]
+    assert {f"cbc-{p}": 1 for p in PROVIDERS}.items() <= limits.items()
+
+
+def test_bootstrap_puts_back_a_queue_priority_someone_changed():
+    bootstrap(PROVIDERS)
+    with get_client(sync_client=True) as client:
+        alerts = client.read_work_queue_by_name(names.ALERTS_QUEUE, work_pool_name=names.WORK_POOL)
+        client.update_work_queue(alerts.id, priority=50)
+    changed = [s for s in bootstrap(PROVIDERS) if s.created]
+    assert [s.what for s in changed] == ["queue alerts (priority 1) in broadcasts (priority was 50)"]
+
+
+def test_prefect_deploy_all_succeeds_from_a_clean_checkout(tmp_path):
+    bootstrap(PROVIDERS)
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=PROJECT_ROOT, check=True, capture_output=True).stdout
+    tarfile.open(fileobj=io.BytesIO(archive)).extractall(tmp_path)
+    (tmp_path / "prefect.yaml").write_text((PROJECT_ROOT / "prefect.yaml").read_text())  # this tree's
+    result = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"], cwd=tmp_path,
+                            env={**os.environ, "PREFECT_HOME": str(tmp_path / ".prefect")},
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with get_client(sync_client=True) as client:
+        for name in (names.SEND_EVENT_DEPLOYMENT, names.SEND_PROVIDER_DEPLOYMENT):
+            deployment = client.read_deployment_by_name(name)
+            assert (deployment.work_pool_name, deployment.work_queue_name) == (names.WORK_POOL, names.ALERTS_QUEUE)
+            assert deployment.pull_steps == []

@@ -1,0 +1,42 @@
+"""`prefect.yaml` and the served deployments declare the same names, entrypoints, queues,
+descriptions and trigger, and the names match `deployments/names.py`."""
+
+from __future__ import annotations
+
+import yaml
+from prefect.flows import load_flow_from_entrypoint
+
+from deployments import names
+from deployments.serve import deployments
+from tests.conftest import PROJECT_ROOT
+
+
+def project() -> dict:
+    return yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())
+
+
+def test_every_deployment_runs_on_the_alerts_queue_of_the_pool_from_the_installed_package():
+    config = project()
+    assert config["pull"] == []  # workers run the installed package: nothing to fetch
+    assert {d["name"]: (d["work_pool"]["name"], d["work_pool"]["work_queue_name"]) for d in config["deployments"]} == {
+        names.SEND_EVENT_FLOW: (names.WORK_POOL, names.ALERTS_QUEUE),
+        names.SEND_PROVIDER_FLOW: (names.WORK_POOL, names.ALERTS_QUEUE),
+    }
+
+
+def test_entrypoints_import_the_flows_that_serve_runs_with_the_same_names_and_descriptions():
+    served = {d.name: d for d in deployments()}
+    for declared in project()["deployments"]:
+        flow = load_flow_from_entrypoint(declared["entrypoint"])
+        deployment = served[declared["name"]]
+        assert flow.name == deployment.flow_name == declared["name"]
+        assert " ".join(declared["description"].split()) == deployment.description
+    assert f"{names.SEND_EVENT_FLOW}/{names.SEND_EVENT_FLOW}" == names.SEND_EVENT_DEPLOYMENT
+
+
+def test_the_event_created_trigger_is_the_same_in_both_places():
+    (declared,) = [d for d in project()["deployments"] if d["name"] == names.SEND_EVENT_FLOW][0]["triggers"]
+    (served,) = [d for d in deployments() if d.name == names.SEND_EVENT_FLOW][0].triggers
+    assert declared["expect"] == sorted(served.expect) == [names.EVENT_CREATED]
+    assert declared["match"] == served.match.root == {"prefect.resource.id": f"{names.EVENT_RESOURCE_PREFIX}*"}
+    assert declared["parameters"] == served.parameters
