@@ -17,13 +17,14 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 def test_the_final_state_comes_at_expiry_not_a_full_backoff_later(configure, engine, sim):
-    # Production schedule (scale 1): attempts at 0, 1, 3 s; the next wait of 4 s would pass the
-    # finish time at 4 s, so it is cut to land just after it.
-    configure(ENABLED_CBCS="ee", BROADCAST_RETRY_DELAY_SCALE="1")
+    # Delays 0.5, 1, 2, 4 s (scale 0.5) put attempts at 0, 0.5, 1.5, 3.5 and 7.5 s after the run
+    # starts; the next wait, 8 s, would pass the finish time 12 s away by at least 3.5 s (more if
+    # the run started late), so it is cut to land just after it.
+    configure(ENABLED_CBCS="ee", BROADCAST_RETRY_DELAY_SCALE="0.5")
     sim.fault("ee-1-proxy", http_status=503)
     sim.fault("ee-2-proxy", http_status=503)
     service_id = make_service(engine)
-    event_id = make_event(engine, service_id, make_message(engine, service_id), expires_in=timedelta(seconds=4))
+    event_id = make_event(engine, service_id, make_message(engine, service_id), expires_in=timedelta(seconds=12))
 
     state = run_event(event_id)
 
@@ -32,7 +33,7 @@ def test_the_final_state_comes_at_expiry_not_a_full_backoff_later(configure, eng
     assert ee.status == "technical-failure" and "expired while retrying" in ee.last_error
     late = (ee.history[-1].created_at - finishes_at(engine, event_id)).total_seconds()
     assert 0 < late < 2, f"recorded {late:.1f} s after expiry"
-    assert ee.attempts >= 2
+    assert ee.attempts >= 3
 
 
 def test_a_database_outage_while_reading_the_fan_out_is_retried_then_fails_saying_why(configure, sim):
