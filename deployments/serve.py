@@ -8,7 +8,7 @@ each: the per-provider limit and the per-message database lock already make that
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
@@ -73,9 +73,22 @@ def client_settings() -> Iterator[dict[str, str]]:
         yield chosen
 
 
-def serve_all(limit: int | None = None) -> None:
-    """Serves every deployment until SIGTERM or SIGINT (Prefect's runner handles both)."""
-    from prefect import serve
+def serve_all(on_ready: Callable[[list[str]], object] = lambda served: None, limit: int | None = None) -> None:
+    """Serves every deployment until SIGTERM or SIGINT. `on_ready` gets the deployment names once
+    they are registered, before the first poll. (What `prefect.serve` does, with that hook.)"""
+    import asyncio
+
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
 
     with client_settings():
-        serve(*deployments(), limit=limit, print_starting_message=False)
+        runner = Runner(limit=limit)
+        served = []
+        for deployment in deployments():
+            runner.add_deployment(deployment)  # registers it with the server now
+            served.append(f"{deployment.flow_name}/{deployment.name}")
+        on_ready(served)
+        try:
+            asyncio.run(runner.start())
+        except (KeyboardInterrupt, TerminationSignal):
+            pass

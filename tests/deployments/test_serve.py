@@ -1,0 +1,53 @@
+"""`broadcasts serve` against a real Prefect server: it serves the deployments, two of them never
+send one (event, provider) twice, and it stops on SIGTERM leaving nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from tests.conftest import backend
+from tests.deployments.serving import serving, start_run, wait_for_runs
+from tests.factories import make_alert
+from tests.flows.helpers import statuses
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def test_serve_says_what_it_uses_serves_the_deployments_and_stops_on_sigterm(environment, engine, sim):
+    with serving() as served:
+        text = served.text()
+        for expected in ("Prefect API: http://127.0.0.1:", "database: ", f"CBC proxies: {environment['CBC_PROXY_ENDPOINT_URL']}",
+                         "PREFECT_RUNNER_POLL_FREQUENCY=1", "work pool broadcasts", "send-broadcast-event/send-broadcast-event"):
+            assert expected in text, text
+        _, _, event_id = make_alert(engine)
+        run_id = start_run(event_id)
+        assert wait_for_runs([run_id], 60) == {run_id: "COMPLETED"}, served.text()
+        assert {s.status for s in statuses(engine, event_id).values()} == {"returned-ack"}
+
+        served.process.send_signal(signal.SIGTERM)
+        served.process.wait(30)
+        time.sleep(0.5)
+        with pytest.raises(ProcessLookupError):  # nothing left in its process group
+            os.killpg(served.process.pid, 0)
+
+
+@pytest.mark.skipif(backend() != "postgresql", reason="the several-machine topology runs on PostgreSQL: "
+                    "this test runs in the PostgreSQL pass of `make test`")
+def test_two_serve_processes_send_each_event_to_each_provider_exactly_once(environment, engine, sim):
+    with serving(), serving():
+        events = [make_alert(engine)[2] for _ in range(20)]
+        runs = [start_run(e) for e in events]
+        states = wait_for_runs(runs, 180)
+    assert Counter(states.values()) == Counter({"COMPLETED": 20})
+    calls = Counter(c["payload"]["identifier"] for c in sim.invocations())
+    identifiers = {e: statuses(engine, e) for e in events}
+    for event_id, found in identifiers.items():
+        assert {p: s.status for p, s in found.items()} == dict.fromkeys(["ee", "three", "o2", "vodafone"], "returned-ack")
+        for provider, status in found.items():
+            assert calls[str(status.identifier)] == 1, f"{provider} of {event_id} was called {calls[str(status.identifier)]} times"
+    assert sum(calls.values()) == 80
