@@ -1,0 +1,494 @@
+"""The webhook against the real test Prefect server and the real test database: who may start a
+send, that a repeated or concurrent call never starts a second run, and that every rejected call
+leaves no flow run behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import http.server
+import json
+import logging
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    FlowRunFilterExpectedStartTime,
+)
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Cancelled, Completed
+from sqlalchemy import Engine, func, select
+
+from broadcasts.models import Base
+from broadcasts.settings import get_settings
+from deployments import names, webhook
+from deployments.trigger import post_event, sign
+from deployments.webhook import WebhookNotConfigured, create_app
+from tests.factories import make_alert
+
+pytestmark = [pytest.mark.prefect, pytest.mark.postgres]
+
+SECRET = "webhook-test-secret-0123456789abcdef"  # 36 bytes
+PATH = "/broadcast-events"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def deployment(prefect_server: str):  # type: ignore[no-untyped-def]
+    """The deployment the webhook starts. Its runs stay Scheduled (no worker here); they are
+    deleted afterwards, so a worker started by a later test never picks them up."""
+    from flows.send_broadcast_event import send_broadcast_event
+
+    started = datetime.now(timezone.utc)
+    yield send_broadcast_event.to_deployment(name="send-broadcast-event").apply()
+    with get_client(sync_client=True) as client:
+        for run in client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[names.SEND_EVENT_FLOW])),
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(is_null_=False),
+                expected_start_time=FlowRunFilterExpectedStartTime(after_=started),
+            ),
+            limit=200,
+        ):
+            client.delete_flow_run(run.id)
+
+
+@pytest.fixture
+def app(configure, engine, deployment):  # type: ignore[no-untyped-def]
+    configure(WEBHOOK_SECRET=SECRET)
+    return create_app(get_settings())
+
+
+@pytest.fixture
+def event_id(engine) -> uuid.UUID:  # type: ignore[no-untyped-def]
+    return make_alert(engine)[2]
+
+
+class Caller:
+    """Calls the app in-process over httpx's ASGI transport, in this context (which carries the
+    test Prefect server's API URL)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        transport = httpx.ASGITransport(app=self.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://webhook") as client:
+            return await client.request(method, path, **kwargs)
+
+    def __call__(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return asyncio.run(self._send(method, path, **kwargs))
+
+    def many(self, count: int, method: str, path: str, **kwargs: Any) -> list[httpx.Response]:
+        async def all_at_once() -> list[httpx.Response]:
+            return list(await asyncio.gather(*(self._send(method, path, **kwargs) for _ in range(count))))
+
+        return asyncio.run(all_at_once())
+
+
+@pytest.fixture
+def call(app) -> Caller:  # type: ignore[no-untyped-def]
+    return Caller(app)
+
+
+def body_for(event_id: object) -> bytes:
+    return json.dumps({"broadcast_event_id": str(event_id)}).encode()
+
+
+def signed(body: bytes, *, secret: str = SECRET, timestamp: int | None = None) -> dict[str, str]:
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    return {"X-Timestamp": str(timestamp), "X-Signature": sign(secret, timestamp, body),
+            "Content-Type": "application/json"}
+
+
+def post(call: Caller, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    return call("POST", PATH, content=body, headers=signed(body) if headers is None else headers)
+
+
+def deployment_runs() -> list[Any]:
+    """Every flow run created from a deployment of send-broadcast-event, however it was created
+    (with or without the idempotency key)."""
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[names.SEND_EVENT_FLOW])),
+            flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(is_null_=False)),
+            limit=200,
+        )
+
+
+def runs_for(event_id: object) -> list[Any]:
+    return [run for run in deployment_runs() if run.parameters.get("broadcast_event_id") == str(event_id)]
+
+
+def row_counts(engine: Engine) -> dict[str, int]:
+    with engine.connect() as connection:
+        return {t.name: connection.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables}
+
+
+@contextlib.contextmanager
+def nothing_created(engine: Engine) -> Iterator[None]:
+    rows, runs = row_counts(engine), {run.id for run in deployment_runs()}
+    yield
+    assert row_counts(engine) == rows, "a rejected call wrote a row"
+    assert {run.id for run in deployment_runs()} == runs, "a rejected call created a flow run"
+
+
+# --- accepted calls -------------------------------------------------------------------------------
+
+
+def test_a_signed_call_for_a_known_event_creates_one_scheduled_run_and_answers_202(call, event_id):
+    response = post(call, body_for(event_id))
+    assert response.status_code == 202, response.text
+    assert response.json() == {"flow_run_id": response.json()["flow_run_id"], "deployment": names.SEND_EVENT_DEPLOYMENT}
+    [run] = runs_for(event_id)
+    assert str(run.id) == response.json()["flow_run_id"]
+    with get_client(sync_client=True) as client:
+        assert run.deployment_id == client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT).id
+    assert run.parameters == {"broadcast_event_id": str(event_id)}
+    assert run.idempotency_key == names.idempotency_key(event_id)
+    assert run.state.is_scheduled()
+
+
+def test_the_same_event_again_answers_the_same_run_and_creates_none(call, event_id):
+    first = post(call, body_for(event_id))
+    second = post(call, body_for(event_id))
+    assert (first.status_code, second.status_code) == (202, 202)
+    assert first.json() == second.json()
+    assert len(runs_for(event_id)) == 1
+
+
+def test_twenty_concurrent_calls_for_one_event_create_one_run(call, event_id):
+    body = body_for(event_id)
+    responses = call.many(20, "POST", PATH, content=body, headers=signed(body))
+    assert {r.status_code for r in responses} == {202}
+    assert len({r.json()["flow_run_id"] for r in responses}) == 1
+    [run] = runs_for(event_id)
+    assert str(run.id) == responses[0].json()["flow_run_id"]
+
+
+@pytest.mark.parametrize("final_state", [Completed, Cancelled])
+def test_a_call_after_the_run_finished_answers_the_same_run_and_creates_none(call, event_id, final_state):
+    first = post(call, body_for(event_id)).json()["flow_run_id"]
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(uuid.UUID(first), final_state(), force=True)
+    again = post(call, body_for(event_id))
+    assert again.status_code == 202
+    assert again.json()["flow_run_id"] == first
+    [run] = runs_for(event_id)
+    assert run.state.type == final_state().type
+
+
+def test_a_body_of_exactly_4_kib_is_accepted(call, event_id):
+    body = body_for(event_id)
+    body += b" " * (4096 - len(body))  # JSON allows trailing whitespace
+    assert post(call, body).status_code == 202
+
+
+# --- rejected calls: nothing is created -----------------------------------------------------------
+
+
+def rejected(response: httpx.Response, status: int, event_id: object) -> None:
+    assert response.status_code == status, response.text
+    assert "Traceback" not in response.text
+    assert "detail" in response.json()
+    assert runs_for(event_id) == []
+
+
+@pytest.mark.parametrize("tamper", [
+    "wrong secret", "stale timestamp", "future timestamp", "tampered body", "no signature",
+    "no timestamp", "no headers", "timestamp not a number", "signature not hex", "signature not ascii",
+    "signature of another timestamp",
+])
+def test_a_call_without_a_valid_fresh_signature_answers_401(call, engine, event_id, tamper):
+    body = body_for(event_id)
+    now = int(time.time())
+    headers = {
+        "wrong secret": signed(body, secret="another-secret-another-secret-0123"),
+        "stale timestamp": signed(body, timestamp=now - 301),
+        "future timestamp": signed(body, timestamp=now + 301),
+        "tampered body": signed(body_for(uuid.uuid4())),
+        "no signature": {"X-Timestamp": str(now)},
+        "no timestamp": {"X-Signature": sign(SECRET, now, body)},
+        "no headers": {},
+        "timestamp not a number": {"X-Timestamp": "soon", "X-Signature": sign(SECRET, "soon", body)},
+        "signature not hex": {"X-Timestamp": str(now), "X-Signature": "zz" * 32},
+        "signature not ascii": {"X-Timestamp": str(now), "X-Signature": "é".encode("latin-1")},
+        "signature of another timestamp": {"X-Timestamp": str(now), "X-Signature": sign(SECRET, now - 1, body)},
+    }[tamper]
+    with nothing_created(engine):
+        rejected(post(call, body, headers), 401, event_id)
+
+
+def test_a_timestamp_within_300_seconds_either_way_is_accepted(call, engine):
+    now = int(time.time())
+    for timestamp in (now - 290, now + 290):
+        event_id = make_alert(engine)[2]
+        body = body_for(event_id)
+        assert post(call, body, signed(body, timestamp=timestamp)).status_code == 202
+
+
+@pytest.mark.parametrize("body", [b'{"broadcast_event_id": ', b"not json", b"\xff\xfe", b"", b"[" * 2000 + b"]" * 2000])
+def test_signed_malformed_json_answers_400(call, engine, body):
+    with nothing_created(engine):
+        response = post(call, body)
+    assert response.status_code == 400, response.text
+    assert "Traceback" not in response.text
+
+
+@pytest.mark.parametrize("document", [
+    [], "an id", 42, None, {}, {"broadcast_event_id": "not-a-uuid"}, {"broadcast_event_id": 7},
+    {"event_id": "00000000-0000-4000-8000-000000000000"},
+])
+def test_signed_json_of_the_wrong_shape_answers_422(call, engine, document):
+    with nothing_created(engine):
+        response = post(call, json.dumps(document).encode())
+    assert response.status_code == 422, response.text
+    assert "Traceback" not in response.text
+
+
+def test_an_extra_field_answers_422_and_creates_nothing(call, engine, event_id):
+    body = json.dumps({"broadcast_event_id": str(event_id), "provider": "ee"}).encode()
+    with nothing_created(engine):
+        rejected(post(call, body), 422, event_id)
+
+
+def test_an_unknown_event_answers_404_and_creates_nothing(call, engine):
+    unknown = uuid.uuid4()
+    with nothing_created(engine):
+        response = post(call, body_for(unknown))
+    rejected(response, 404, unknown)
+    assert str(unknown) in response.json()["detail"]
+
+
+@pytest.mark.parametrize("declared", ["honest", "lying", "absent"])
+def test_a_body_over_4_kib_answers_413_whatever_its_content_length_says(call, engine, event_id, declared):
+    body = body_for(event_id) + b" " * 4097
+    headers = signed(body)
+    rows = row_counts(engine)
+    if declared == "honest":
+        response = call("POST", PATH, content=body, headers=headers)
+    elif declared == "lying":
+        response = call("POST", PATH, content=body, headers={**headers, "Content-Length": "60"})
+    else:  # streamed without a length (chunked)
+        async def chunks():  # type: ignore[no-untyped-def]
+            yield body[:2000]
+            yield body[2000:]
+
+        response = call("POST", PATH, content=chunks(), headers=headers)
+        assert "content-length" not in response.request.headers
+    rejected(response, 413, event_id)
+    assert row_counts(engine) == rows
+
+
+@pytest.mark.parametrize("declared", [b"\xb2", b"-1", b"lots"])  # b"\xb2" is "²", a digit to str.isdigit
+def test_a_content_length_that_is_not_a_number_does_not_bypass_the_size_check(call, event_id, declared):
+    body = body_for(event_id) + b" " * 4097
+    rejected(call("POST", PATH, content=body, headers={**signed(body), "Content-Length": declared}), 413, event_id)
+
+
+def test_a_declared_content_length_over_4_kib_is_refused_before_reading(call, event_id):
+    body = body_for(event_id)
+    rejected(call("POST", PATH, content=body, headers={**signed(body), "Content-Length": "999999"}), 413, event_id)
+
+
+def test_wrong_method_answers_405_and_wrong_path_404(call, engine, event_id):
+    body = body_for(event_id)
+    with nothing_created(engine):
+        assert call("GET", PATH).status_code == 405
+        assert call("PUT", PATH, content=body, headers=signed(body)).status_code == 405
+        assert call("POST", "/broadcast-event", content=body, headers=signed(body)).status_code == 404
+
+
+# --- dependencies down ----------------------------------------------------------------------------
+
+
+def test_prefect_unreachable_answers_503_with_retry_after(call, event_id):
+    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{_free_port()}/api"}):
+        response = post(call, body_for(event_id))
+        health = call("GET", "/healthz")
+    rejected(response, 503, event_id)
+    assert int(response.headers["Retry-After"]) > 0
+    assert health.status_code == 503
+    assert health.json()["prefect"] != "ok" and health.json()["database"] == "ok"
+
+
+class _AlwaysUnavailable(http.server.BaseHTTPRequestHandler):
+    hits = 0
+
+    def _answer(self) -> None:
+        type(self).hits += 1
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_prefect_answering_503_is_retried_a_few_times_then_answers_503(call, event_id):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AlwaysUnavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{server.server_port}/api"}):
+            started = time.monotonic()
+            response = post(call, body_for(event_id))
+            elapsed = time.monotonic() - started
+    finally:
+        server.shutdown()
+    rejected(response, 503, event_id)
+    assert "Retry-After" in response.headers
+    assert _AlwaysUnavailable.hits == webhook.PREFECT_ATTEMPTS
+    assert elapsed < 5  # short back-off: the caller gets an answer quickly
+
+
+def test_an_undeployed_flow_answers_503_naming_the_deployment(call, event_id, deployment):
+    from flows.send_broadcast_event import send_broadcast_event
+
+    with get_client(sync_client=True) as client:
+        client.delete_deployment(client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT).id)
+    try:
+        response = post(call, body_for(event_id))
+        health = call("GET", "/healthz")
+    finally:
+        send_broadcast_event.to_deployment(name="send-broadcast-event").apply()
+    rejected(response, 503, event_id)
+    assert names.SEND_EVENT_DEPLOYMENT in response.json()["detail"]
+    assert health.status_code == 503
+    assert health.json() == {"database": "ok", "prefect": "ok", "deployment": "not found"}
+
+
+def test_the_app_database_unreachable_answers_503_and_creates_nothing(configure, deployment, event_id):
+    configure(WEBHOOK_SECRET=SECRET, DATABASE_URL=f"postgresql://nobody@127.0.0.1:{_free_port()}/nothing")
+    call = Caller(create_app(get_settings()))
+    rejected(post(call, body_for(event_id)), 503, event_id)
+
+
+def test_an_unexpected_error_answers_500_json_and_logs_only_its_type(call, event_id, monkeypatch, caplog):
+    def broken(*args: Any) -> None:
+        raise RuntimeError("Flood warning for Anytown")
+
+    monkeypatch.setattr(webhook, "_event_exists", broken)
+    with caplog.at_level(logging.DEBUG):
+        response = post(call, body_for(event_id))
+    rejected(response, 500, event_id)
+    assert "RuntimeError" in caplog.text
+    assert "Flood warning" not in caplog.text and "Flood warning" not in response.text
+
+
+# --- health, docs, logs ---------------------------------------------------------------------------
+
+
+def test_healthz_answers_200_when_database_prefect_and_deployment_are_ok(call):
+    response = call("GET", "/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"database": "ok", "prefect": "ok", "deployment": "ok"}
+
+
+def test_healthz_with_a_bad_database_url_answers_503_naming_the_database(configure, deployment):
+    configure(WEBHOOK_SECRET=SECRET, DATABASE_URL=f"postgresql://nobody@127.0.0.1:{_free_port()}/nothing")
+    response = Caller(create_app(get_settings()))("GET", "/healthz")
+    assert response.status_code == 503
+    assert response.json()["database"] != "ok"
+    assert response.json()["prefect"] == "ok"
+
+
+def test_openapi_and_docs_are_served_at_the_defaults(call):
+    schema = call("GET", "/openapi.json").json()
+    assert set(schema["paths"]) == {PATH, "/healthz"}
+    assert "requestBody" in schema["paths"][PATH]["post"]
+    assert call("GET", "/docs").status_code == 200
+
+
+def test_logs_never_carry_the_secret_the_signature_or_the_body(call, event_id, caplog):
+    body = body_for(event_id)
+    headers = signed(body)
+    with caplog.at_level(logging.DEBUG):
+        assert post(call, body, headers).status_code == 202
+        assert post(call, body, {**headers, "X-Signature": "0" * 64}).status_code == 401
+        assert post(call, b"not json", signed(b"not json")).status_code == 400
+    assert caplog.records, "expected at least the access lines"
+    for secret_text in (SECRET, headers["X-Signature"], body.decode(), "not json"):
+        assert secret_text not in caplog.text
+
+
+# --- starting and the client ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("secret", [None, "", "x" * 31, "é" * 15 + "x"])  # the last: 31 bytes, 16 characters
+def test_it_refuses_to_start_without_a_secret_of_at_least_32_bytes(configure, monkeypatch, secret):
+    if secret is None:
+        monkeypatch.delenv("WEBHOOK_SECRET", raising=False)
+        configure()
+    else:
+        configure(WEBHOOK_SECRET=secret)
+    with pytest.raises(WebhookNotConfigured, match="WEBHOOK_SECRET"):
+        webhook.run("127.0.0.1", _free_port())
+    with pytest.raises(WebhookNotConfigured, match="WEBHOOK_SECRET"):
+        create_app(get_settings())
+
+
+def test_it_refuses_to_start_without_a_prefect_api_url(configure):
+    """Without one the Prefect client would create runs on a throwaway in-process server, where no
+    worker ever sees them."""
+    configure(WEBHOOK_SECRET=SECRET)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        with pytest.raises(WebhookNotConfigured, match="PREFECT_API_URL"):
+            webhook.run("127.0.0.1", _free_port())
+
+
+def test_a_32_byte_secret_is_enough(configure):
+    configure(WEBHOOK_SECRET="x" * 32)
+    assert create_app(get_settings()) is not None
+
+
+def test_sign_matches_the_openssl_example(event_id):
+    body = body_for(event_id)
+    expected = subprocess.run(
+        ["openssl", "dgst", "-sha256", "-hmac", SECRET, "-hex", "-r"],
+        input=b"1700000000." + body, capture_output=True, check=True,
+    ).stdout.split()[0].decode()
+    assert sign(SECRET, 1700000000, body) == expected
+
+
+def test_post_event_against_a_real_server(app, engine):
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(server.run,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        event_id = make_alert(engine)[2]
+        url = f"http://127.0.0.1:{port}"
+        status, answer = post_event(url, event_id, SECRET)
+        assert status == 202, answer
+        assert post_event(url, event_id, SECRET) == (202, answer)
+        assert post_event(url, uuid.uuid4(), SECRET)[0] == 404
+        assert post_event(url, event_id, "wrong-secret-wrong-secret-wrong-secret")[0] == 401
+        assert [str(run.id) for run in runs_for(event_id)] == [answer["flow_run_id"]]
+    finally:
+        server.should_exit = True
+        thread.join(10)
