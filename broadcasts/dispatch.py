@@ -119,7 +119,7 @@ def _prepare(
     }
     pairs = [(e, earlier_messages.get(e.id)) for e in earlier]
     try:
-        guards.ensure_earlier_events_acknowledged(event, provider.name, pairs)
+        guards.ensure_earlier_events_acknowledged(event, provider.name, pairs, now)
     except EarlierEventPending as waiting:
         # Create it now so the identifier (and Vodafone number) is fixed while it waits.
         message = dao.get_or_create_provider_message(session, event.id, provider.name, provider.numbered)

@@ -132,11 +132,18 @@ class EventExpired(NotSendable):
 
 
 class EarlierEventFailed(NotSendable):
-    def __init__(self, event_id: object, provider: str, earlier_event_id: object) -> None:
+    def __init__(self, event_id: object, provider: str, earlier_event_id: object, earlier_expired: bool = False) -> None:
         self.earlier_event_id = earlier_event_id
+        blocked = f"event {event_id} is blocked for {provider}: earlier event {earlier_event_id} ended technical-failure"
+        if earlier_expired:
+            # Replaying an expired event can only fail again: say so instead of suggesting it.
+            super().__init__(
+                f"{blocked} and has expired, so replaying it cannot succeed. This event cannot be sent to "
+                f"{provider} in order; ask {provider} whether it holds event {earlier_event_id}"
+            )
+            return
         super().__init__(
-            f"event {event_id} is blocked for {provider}: earlier event {earlier_event_id} ended "
-            f"technical-failure. Fix it with `{replay_command(earlier_event_id, provider)}`, then "
+            f"{blocked}. Fix it with `{replay_command(earlier_event_id, provider)}`, then "
             f"`{replay_command(event_id, provider)}`"
         )
 

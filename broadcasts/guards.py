@@ -88,13 +88,16 @@ def ensure_earlier_events_acknowledged(
     event: BroadcastEvent,
     provider: str,
     earlier: Sequence[tuple[BroadcastEvent, BroadcastProviderMessage | None]],
+    now: datetime | None = None,
 ) -> None:
     """Rule 5: every earlier event (strictly earlier `sent_at`, oldest first) must be
     acknowledged by this provider. A failed one blocks; an unfinished one makes this send wait."""
     earlier = [(e, m) for e, m in earlier if e.sent_at < event.sent_at]  # later/same: ignored
     for earlier_event, message in earlier:
         if message is not None and message.status == TECHNICAL_FAILURE:
-            raise EarlierEventFailed(event.id, provider, earlier_event.id)
+            finishes_at = earlier_event.finishes_at
+            expired = now is not None and finishes_at is not None and finishes_at < now
+            raise EarlierEventFailed(event.id, provider, earlier_event.id, earlier_expired=expired)
     for earlier_event, message in earlier:
         if not is_acknowledged(message):
             status = message.status if message is not None else "not yet sent"

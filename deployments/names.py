@@ -7,6 +7,9 @@ from __future__ import annotations
 from flows.send_broadcast_event import FLOW_NAME as SEND_EVENT_FLOW
 from flows.send_provider_message import FLOW_NAME as SEND_PROVIDER_FLOW
 from tasks.provider_limits import SLOT_STUCK_EVENT, limit_name
+from tasks.send_provider_message import PROVIDER_BLOCKED_EVENT
+
+ROUTE_FAILING_EVENT = "broadcast.link-test.route-failing"
 
 WORK_POOL = "broadcasts"
 ALERTS_QUEUE = "alerts"
@@ -18,6 +21,9 @@ QUEUE_PRIORITIES = {ALERTS_QUEUE: 1, LINK_TESTS_QUEUE: 10}
 SEND_EVENT_DEPLOYMENT = f"{SEND_EVENT_FLOW}/{SEND_EVENT_FLOW}"
 SEND_PROVIDER_DEPLOYMENT = f"{SEND_PROVIDER_FLOW}/{SEND_PROVIDER_FLOW}"
 
+LINK_TESTS_FLOW = "link-tests"
+RESUME_FLOW = "resume-dispatch"
+
 EVENT_CREATED = "broadcast.event.created"  # a Prefect event whose resource carries the event id
 EVENT_RESOURCE_PREFIX = "broadcasts.event."  # resource id: broadcasts.event.<event id>
 
@@ -28,7 +34,7 @@ def idempotency_key(event_id: object) -> str:
 
 
 __all__ = [
-    "ALERTS_QUEUE", "EVENT_CREATED", "EVENT_RESOURCE_PREFIX", "LINK_TESTS_QUEUE", "QUEUE_PRIORITIES",
+    "PROVIDER_BLOCKED_EVENT", "ROUTE_FAILING_EVENT", "LINK_TESTS_FLOW", "RESUME_FLOW", "ALERTS_QUEUE", "EVENT_CREATED", "EVENT_RESOURCE_PREFIX", "LINK_TESTS_QUEUE", "QUEUE_PRIORITIES",
     "SEND_EVENT_DEPLOYMENT", "SEND_EVENT_FLOW", "SEND_PROVIDER_DEPLOYMENT", "SEND_PROVIDER_FLOW",
     "SLOT_STUCK_EVENT", "WORK_POOL", "idempotency_key", "limit_name",
 ]

@@ -9,16 +9,19 @@ from datetime import datetime
 from typing import Any, SupportsIndex
 
 from prefect import Task, get_run_logger, task
+from prefect.events import emit_event
 
 from broadcasts import dispatch, retry
 from broadcasts.cbc_proxy import get_proxy
 from broadcasts.db import get_engine
-from broadcasts.errors import NotSendable, RetryableError
+from broadcasts.errors import EarlierEventFailed, NotSendable, RetryableError
 from broadcasts.models import utcnow
 from broadcasts.settings import get_settings
 from tasks.provider_limits import ensure_limits, provider_slot
 
 logger = logging.getLogger(__name__)
+# Emitted when a send is blocked behind an earlier event's technical-failure (an operator alert).
+PROVIDER_BLOCKED_EVENT = "broadcast.provider.blocked"
 
 
 def should_retry(task: Any, task_run: Any, state: Any) -> bool:
@@ -87,6 +90,8 @@ def send_to_provider(broadcast_event_id: str, provider: str) -> dispatch.SendRes
         raise
     except NotSendable as error:
         logger.error("%s: %s", type(error).__name__, error)
+        if isinstance(error, EarlierEventFailed):
+            _announce_blocked(broadcast_event_id, provider, error)
         raise
     logger.info(
         "%s acknowledged event %s as %s%s",
@@ -94,6 +99,20 @@ def send_to_provider(broadcast_event_id: str, provider: str) -> dispatch.SendRes
         f" via {result.route}" if result.sent_now else " (already acknowledged; not sent again)",
     )
     return result
+
+
+def _announce_blocked(event_id: str, provider: str, error: EarlierEventFailed) -> None:
+    try:
+        emit_event(
+            event=PROVIDER_BLOCKED_EVENT,
+            resource={"prefect.resource.id": f"broadcasts.event.{event_id}", "prefect.resource.name": event_id},
+            related=[{"prefect.resource.id": f"broadcasts.provider.{provider}", "prefect.resource.role": "provider",
+                      "prefect.resource.name": provider}],
+            payload={"event_id": event_id, "provider": provider,
+                     "earlier_event_id": str(error.earlier_event_id), "message": str(error)},
+        )
+    except Exception:  # the record in the database matters more than the page
+        logger.warning("could not emit %s", PROVIDER_BLOCKED_EVENT, exc_info=True)
 
 
 def planned_for(finishes_at: datetime | None, scale: float) -> Task[Any, dispatch.SendResult]:

@@ -325,6 +325,16 @@ def test_a_pending_event_after_an_acknowledged_one_still_makes_the_send_wait():
     assert raised.value.earlier_event_id == second.id
 
 
+def test_the_advice_for_a_block_behind_an_expired_event_is_not_to_replay_it():
+    first, second = broadcast(2)
+    first.transmitted_finishes_at = NOW - timedelta(seconds=1)
+    with pytest.raises(EarlierEventFailed) as raised:
+        ensure_earlier_events_acknowledged(second, "o2", [(first, provider_message("technical-failure", first))], NOW)
+    message = str(raised.value)
+    assert "has expired, so replaying it cannot succeed" in message
+    assert "broadcasts replay" not in message
+
+
 def test_a_failed_earlier_event_wins_over_an_older_pending_one():
     first, second, third = broadcast(3)
     earlier = [(first, provider_message("sending", first)), (second, provider_message("technical-failure", second))]

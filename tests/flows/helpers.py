@@ -73,3 +73,14 @@ def reference(engine: Engine, event_id: uuid.UUID, provider: str) -> dict[str, s
     return ref
 
 
+
+
+def prefect_events(name: str, since: datetime) -> list[dict[str, Any]]:
+    """The Prefect events called `name` that the test server received since `since`."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        response = client.request("POST", "/events/filter", json={
+            "filter": {"event": {"name": [name]}, "occurred": {"since": since.isoformat()}},
+        })
+    return response.json()["events"]

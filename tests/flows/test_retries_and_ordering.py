@@ -9,8 +9,17 @@ import pytest
 
 from broadcasts.models import utcnow
 from broadcasts.retry import scaled_delays
+from tasks.send_provider_message import PROVIDER_BLOCKED_EVENT
 from tests.factories import make_alert, make_event, make_message, make_service
-from tests.flows.helpers import calls_for, finishes_at, in_thread, provider_message_count, run_event, statuses
+from tests.flows.helpers import (
+    calls_for,
+    finishes_at,
+    in_thread,
+    prefect_events,
+    provider_message_count,
+    run_event,
+    statuses,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 SCALE = 0.1
@@ -93,8 +102,9 @@ def test_an_update_waits_for_the_alert_ack_on_that_provider_only(configure, engi
     assert o2_update and _time(o2_update[0]) < alert_ack, "o2 was held back by ee's failing alert"
 
 
-def test_an_earlier_technical_failure_blocks_later_events_with_the_replay_command(configure, engine, sim):
+def test_an_earlier_technical_failure_blocks_later_events_and_announces_it(configure, engine, sim):
     configure(ENABLED_CBCS="ee")
+    since = utcnow()
     service_id = make_service(engine)
     message_id = make_message(engine, service_id)
     alert = make_event(engine, service_id, message_id, finishes_at=utcnow() - timedelta(seconds=1))
@@ -106,8 +116,14 @@ def test_an_earlier_technical_failure_blocks_later_events_with_the_replay_comman
     assert state.is_failed()
     status = statuses(engine, update)["ee"]
     assert status.status == "technical-failure"
-    assert str(alert) in status.last_error and f"broadcasts replay {alert} ee" in status.last_error
+    assert str(alert) in status.last_error
+    assert "has expired, so replaying it cannot succeed" in status.last_error  # not "replay it"
     assert sim.invocations() == []
+    deadline = time.monotonic() + 10  # events reach the server asynchronously
+    while not (announced := prefect_events(PROVIDER_BLOCKED_EVENT, since)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [(e["payload"]["event_id"], e["payload"]["provider"]) for e in announced] == [(str(update), "ee")]
+    assert announced[0]["payload"]["message"] == status.last_error
 
 
 def test_later_events_and_events_sent_at_the_same_moment_do_not_block(configure, engine, sim):

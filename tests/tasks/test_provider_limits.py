@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -16,7 +15,7 @@ from broadcasts.models import utcnow
 from broadcasts.settings import get_settings
 from tasks.provider_limits import SLOT_STUCK_EVENT, ensure_limits, limit_name, provider_slot
 from tests.factories import make_alert
-from tests.flows.helpers import in_thread, run_event, statuses
+from tests.flows.helpers import in_thread, prefect_events, run_event, statuses
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -61,14 +60,6 @@ def occupy_forever(provider: str) -> str:
         ).json()["lease_id"]
 
 
-def slot_stuck_events(since: datetime) -> list[dict]:
-    with get_client(sync_client=True) as client:
-        response = client.request("POST", "/events/filter", json={
-            "filter": {"event": {"name": [SLOT_STUCK_EVENT]}, "occurred": {"since": since.isoformat()}},
-        })
-    return response.json()["events"]
-
-
 def test_a_leaked_slot_does_not_keep_an_alert_from_the_network(configure, engine, sim, caplog):
     configure(ENABLED_CBCS="three", CBC_PROXY_CONNECT_TIMEOUT="0.5", CBC_PROXY_READ_TIMEOUT="0.5")
     slot_wait = 2 * (0.5 + 0.5) + 10
@@ -90,7 +81,7 @@ def test_a_leaked_slot_does_not_keep_an_alert_from_the_network(configure, engine
     assert "cbc-three still taken after 12 s" in stuck and "sent without the slot" in stuck
     assert any(r.levelname == "ERROR" and "cbc-three still taken" in r.getMessage() for r in caplog.records)
     deadline = time.monotonic() + 10  # events reach the server asynchronously
-    while not (events := slot_stuck_events(started)) and time.monotonic() < deadline:
+    while not (events := prefect_events(SLOT_STUCK_EVENT, started)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert [e["resource"]["prefect.resource.name"] for e in events] == ["three"]
     # The stale slot was freed: the next send takes it at once.

@@ -1,0 +1,127 @@
+"""The Prefect automations `broadcasts bootstrap` keeps in place: one that finishes runs whose
+process died, and the operator alerts.
+
+- A SIGKILLed worker leaves its flow run Running for ever. Runs send a heartbeat every
+  PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds (30 in the production settings); a run of ours that
+  misses them for `ZOMBIE_AFTER_SECONDS` is marked Crashed, so resume-dispatch can take it over.
+- With ALERT_NOTIFICATION_BLOCK set (`<block type slug>/<block name>`, e.g.
+  `slack-webhook/on-call`), each alert sends a notification through that block naming what
+  happened and what to do: a send run that ended Failed or Crashed, an event blocked behind an
+  earlier event's technical-failure, a stuck provider slot, a failed link-test run, and a route
+  that failed several link-test runs in a row.
+
+Each automation has a fixed name: bootstrap creates it when missing and rewrites it when it
+differs, so running bootstrap again changes nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.objects import StateType
+from prefect.events.actions import ChangeFlowRunState, SendNotification
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+from deployments import names
+
+PREFIX = "broadcasts: "
+ZOMBIE_AFTER_SECONDS = 90  # three missed heartbeats at 30 s
+SEND_FLOWS = [names.SEND_EVENT_FLOW, names.SEND_PROVIDER_FLOW]
+STATUS_ADVICE = (
+    "See `broadcasts status {{ flow_run.parameters.broadcast_event_id }}`; after fixing the cause, "
+    "Retry the run in the UI or run `broadcasts send-event {{ flow_run.parameters.broadcast_event_id }}`."
+)
+
+
+def _flows(flow_names: list[str]) -> dict[str, object]:
+    return {"prefect.resource.role": "flow", "prefect.resource.name": flow_names}
+
+
+def zombie_runs() -> AutomationCore:
+    return AutomationCore(
+        name=PREFIX + "mark runs without heartbeats crashed",
+        description="A run whose process died stops sending heartbeats; marking it Crashed lets "
+                    "resume-dispatch finish its event with the same identifiers.",
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related=_flows([*SEND_FLOWS, names.LINK_TESTS_FLOW, names.RESUME_FLOW]),
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=ZOMBIE_AFTER_SECONDS),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message=f"no heartbeat for {ZOMBIE_AFTER_SECONDS} s: its process died")],
+    )
+
+
+def operator_alerts(block_document_id: object) -> list[AutomationCore]:
+    def notify(subject: str, body: str) -> list[SendNotification]:
+        return [SendNotification(block_document_id=block_document_id, subject=subject, body=body)]
+
+    def on_event(event: str) -> EventTrigger:
+        return EventTrigger(expect={event}, posture=Posture.Reactive, threshold=1, within=timedelta(0))
+
+    def on_run_end(flow_names: list[str], states: list[str]) -> EventTrigger:
+        return EventTrigger(match={"prefect.resource.id": "prefect.flow-run.*"}, match_related=_flows(flow_names),
+                            expect={f"prefect.flow-run.{s}" for s in states}, posture=Posture.Reactive,
+                            threshold=1, within=timedelta(0))
+
+    return [
+        AutomationCore(
+            name=PREFIX + "send run failed or crashed",
+            trigger=on_run_end(SEND_FLOWS, ["Failed", "Crashed"]),
+            actions=notify("Broadcast send {{ flow_run.state.name }}: {{ flow_run.name }}",
+                           "{{ flow_run.name }} ended {{ flow_run.state.name }}: {{ flow_run.state.message }}\n"
+                           + STATUS_ADVICE + "\n{{ flow_run|ui_url }}"),
+        ),
+        AutomationCore(
+            name=PREFIX + "event blocked behind a failed event",
+            trigger=on_event(names.PROVIDER_BLOCKED_EVENT),
+            actions=notify("Broadcast event {{ event.payload.event_id }} blocked for {{ event.payload.provider }}",
+                           "{{ event.payload.message }}"),
+        ),
+        AutomationCore(
+            name=PREFIX + "provider slot stuck",
+            trigger=on_event(names.SLOT_STUCK_EVENT),
+            actions=notify("Provider slot stuck: {{ event.payload.limit }}", "{{ event.payload.detail }}"),
+        ),
+        AutomationCore(
+            name=PREFIX + "link tests failed",
+            trigger=on_run_end([names.LINK_TESTS_FLOW], ["Failed", "Crashed"]),
+            actions=notify("Link tests {{ flow_run.state.name }}",
+                           "{{ flow_run.state.message }}\nA failing route cannot carry an alert: check the "
+                           "proxy and the network's CBC. {{ flow_run|ui_url }}"),
+        ),
+        AutomationCore(
+            name=PREFIX + "route failing link tests",
+            trigger=on_event(names.ROUTE_FAILING_EVENT),
+            actions=notify("Route failing: {{ event.payload.provider }} {{ event.payload.route }}",
+                           "{{ event.payload.message }}"),
+        ),
+    ]
+
+
+def ensure(client: SyncPrefectClient, automation: AutomationCore) -> str:
+    """'created', 'found' or 'updated'."""
+    existing = client.read_automations_by_name(automation.name)
+    if not existing:
+        client.create_automation(automation)
+        return "created"
+    current = AutomationCore.model_validate(existing[0].model_dump())
+    if current.model_dump(mode="json") == automation.model_dump(mode="json"):
+        return "found"
+    client.update_automation(existing[0].id, automation)
+    return "updated"
+
+
+def notification_block_id(client: SyncPrefectClient, reference: str) -> object:
+    """The block document named `<block type slug>/<block name>`."""
+    slug, _, name = reference.partition("/")
+    if not name:
+        raise ValueError(f"ALERT_NOTIFICATION_BLOCK {reference!r} is not <block type slug>/<block name>")
+    return client.read_block_document_by_name(name, block_type_slug=slug).id
