@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     broadcast_headline: str = Field(default="GOV.UK Notify Broadcast", min_length=1)
     webhook_secret: SecretStr | None = None
     link_test_cron: str = "*/15 * * * *"
+    # `<block type slug>/<block name>` of the Prefect notification block operator alerts go to.
+    alert_notification_block: str | None = Field(default=None, pattern=r"^[a-z0-9-]+/[^/]+$")
     broadcast_retry_delay_scale: float = Field(default=1.0, ge=0)
 
     @field_validator("enabled_cbcs", mode="before")

@@ -4,7 +4,9 @@ present, so running it twice changes nothing.
 - the `process` work pool `broadcasts`;
 - its queues: `alerts` before `link-tests` (a worker takes the higher-priority queue first, so a
   link test never queues ahead of an alert);
-- the global concurrency limits `cbc-<provider>` (limit 1) for every enabled provider.
+- the global concurrency limits `cbc-<provider>` (limit 1) for every enabled provider;
+- the automations of `automations.py`: the zombie-run one always, the operator alerts when a
+  notification block is named (ALERT_NOTIFICATION_BLOCK).
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from dataclasses import dataclass
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.events.schemas.automations import AutomationCore
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.workers.process import ProcessWorker
 
-from deployments import names
+from deployments import automations, names
 
 
 @dataclass(frozen=True)
@@ -29,14 +32,28 @@ class Step:
         return f"{'created' if self.created else 'found'}: {self.what}"
 
 
-def bootstrap(providers: Iterable[str]) -> list[Step]:
+def bootstrap(providers: Iterable[str], notification_block: str | None = None) -> list[Step]:
     """Creates whatever is missing against the configured Prefect API; returns what it did."""
     with get_client(sync_client=True) as client:
-        return [
+        steps = [
             _work_pool(client),
             *(_queue(client, queue, priority) for queue, priority in names.QUEUE_PRIORITIES.items()),
             *(_limit(client, names.limit_name(provider)) for provider in providers),
+            _automation(client, automations.zombie_runs()),
         ]
+        if notification_block is None:
+            steps.append(Step("operator alerts are off: set ALERT_NOTIFICATION_BLOCK to a notification "
+                              "block (<block type slug>/<block name>) to turn them on", created=False))
+            return steps
+        block_id = automations.notification_block_id(client, notification_block)
+        steps += [_automation(client, a) for a in automations.operator_alerts(block_id)]
+        return steps
+
+
+def _automation(client: SyncPrefectClient, automation: AutomationCore) -> Step:
+    outcome = automations.ensure(client, automation)
+    return Step(f"automation {automation.name!r}" + (" (it had changed)" if outcome == "updated" else ""),
+                created=outcome != "found")
 
 
 def _work_pool(client: SyncPrefectClient) -> Step:

@@ -1,0 +1,84 @@
+"""Operator alerts: bootstrap creates the automations idempotently, and a blocked event and a failed
+send run reach a generic webhook notification block pointed at a local receiver, naming the
+event, the provider and what to do."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+from broadcasts.models import utcnow
+from deployments.automations import PREFIX
+from deployments.bootstrap import bootstrap
+from tests.factories import make_event, make_message, make_service
+from tests.flows.helpers import run_event
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+PROVIDERS = ["ee", "three", "o2", "vodafone"]
+
+
+@pytest.fixture
+def receiver() -> Iterator[list[dict]]:
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    CustomWebhookNotificationBlock(
+        name="on-call", url=f"http://127.0.0.1:{server.server_port}/page",
+        json_data={"subject": "{{subject}}", "body": "{{body}}"},
+    ).save("on-call", overwrite=True)
+    yield received
+    server.shutdown()
+
+
+def wait_for(received: list[dict], text: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for message in received:
+            if text in message["subject"] + message["body"]:
+                return message
+        time.sleep(0.5)
+    pytest.fail(f"no notification mentioning {text!r}; received {received}")
+
+
+def test_without_a_notification_block_bootstrap_says_alerts_are_off():
+    steps = [str(s) for s in bootstrap(PROVIDERS)]
+    assert any("operator alerts are off: set ALERT_NOTIFICATION_BLOCK" in s for s in steps)
+    assert any(s.endswith(f"automation '{PREFIX}mark runs without heartbeats crashed'") for s in steps)
+
+
+def test_a_blocked_event_and_its_failed_run_page_the_operator_with_what_to_do(configure, engine, sim, receiver):
+    first = bootstrap(PROVIDERS, "custom-webhook/on-call")
+    again = bootstrap(PROVIDERS, "custom-webhook/on-call")
+    automations = [s.what for s in first if s.what.startswith("automation")]
+    assert len(automations) == 6 and not any(s.created for s in again)
+
+    configure(ENABLED_CBCS="ee")
+    service_id = make_service(engine)
+    message_id = make_message(engine, service_id)
+    alert = make_event(engine, service_id, message_id, finishes_at=utcnow() - timedelta(seconds=1))
+    assert run_event(alert).is_failed()  # expired: technical-failure
+    update = make_event(engine, service_id, message_id, message_type="update")
+    assert run_event(update).is_failed()
+
+    blocked = wait_for(receiver, f"Broadcast event {update} blocked for ee")
+    assert f"earlier event {alert} ended technical-failure" in blocked["body"]
+    assert "ask ee whether it holds" in blocked["body"]
+    failed = wait_for(receiver, f"send-broadcast-event-{update}")
+    assert "Failed" in failed["subject"] and f"broadcasts status {update}" in failed["body"]
