@@ -41,8 +41,8 @@ class Served:
 
 
 @contextmanager
-def serving(*extra: str) -> Iterator[Served]:
-    process = subprocess.Popen([*BROADCASTS, "serve", "--no-webhook", *extra], cwd=PROJECT_ROOT,
+def serving(*extra: str, webhook: bool = False) -> Iterator[Served]:
+    process = subprocess.Popen([*BROADCASTS, "serve", *([] if webhook else ["--no-webhook"]), *extra], cwd=PROJECT_ROOT,
                                env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, start_new_session=True)
     served = Served(process)

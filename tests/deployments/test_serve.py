@@ -7,10 +7,13 @@ import os
 import signal
 import time
 from collections import Counter
+from datetime import datetime
 
 import pytest
 
-from tests.conftest import backend
+from broadcasts.models import utcnow
+from deployments.trigger import post_event
+from tests.conftest import _free_port, backend
 from tests.deployments.serving import serving, start_run, wait_for_runs
 from tests.factories import make_alert
 from tests.flows.helpers import statuses
@@ -34,6 +37,23 @@ def test_serve_says_what_it_uses_serves_the_deployments_and_stops_on_sigterm(env
         time.sleep(0.5)
         with pytest.raises(ProcessLookupError):  # nothing left in its process group
             os.killpg(served.process.pid, 0)
+
+
+def test_an_event_posted_to_the_webhook_of_serve_reaches_all_four_providers(environment, engine, sim, monkeypatch):
+    secret = "s" * 32
+    monkeypatch.setenv("WEBHOOK_SECRET", secret)
+    port = _free_port()
+    with serving("--webhook-port", str(port), webhook=True) as served:
+        assert f"webhook: http://127.0.0.1:{port}/broadcast-events" in served.text()
+        _, _, event_id = make_alert(engine)
+        status, answer = post_event(f"http://127.0.0.1:{port}", event_id, secret)
+        accepted = utcnow()
+        assert status == 202, answer
+        assert wait_for_runs([answer["flow_run_id"]], 60) == {answer["flow_run_id"]: "COMPLETED"}, served.text()
+    calls = sim.invocations()
+    assert sorted(c["function"] for c in calls) == ["ee-1-proxy", "o2-1-proxy", "three-1-proxy", "vodafone-1-proxy"]
+    fourth = max(datetime.fromisoformat(c["received_at"]) for c in calls)
+    print(f"\nwebhook 202 -> 4th provider call: {(fourth - accepted).total_seconds():.2f} s (serve, 1 s poll)")
 
 
 @pytest.mark.skipif(backend() != "postgresql", reason="the several-machine topology runs on PostgreSQL: "
