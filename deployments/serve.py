@@ -35,6 +35,8 @@ SEND_PROVIDER_DESCRIPTION = (
 CLIENT_SETTINGS = {
     "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     "PREFECT_WORKER_QUERY_SECONDS": "1",
+    # Runs send heartbeats, so the zombie-run automation can tell a dead run from a slow one.
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
 }
 
 
@@ -64,10 +66,16 @@ def deployments() -> list[RunnerDeployment]:
 @contextmanager
 def client_settings() -> Iterator[dict[str, str]]:
     """The production client settings, unless the operator set them already."""
-    from prefect.settings import PREFECT_RUNNER_POLL_FREQUENCY, PREFECT_WORKER_QUERY_SECONDS, temporary_settings
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_RUNNER_POLL_FREQUENCY,
+        PREFECT_WORKER_QUERY_SECONDS,
+        temporary_settings,
+    )
 
     setting = {"PREFECT_RUNNER_POLL_FREQUENCY": PREFECT_RUNNER_POLL_FREQUENCY,
-               "PREFECT_WORKER_QUERY_SECONDS": PREFECT_WORKER_QUERY_SECONDS}
+               "PREFECT_WORKER_QUERY_SECONDS": PREFECT_WORKER_QUERY_SECONDS,
+               "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": PREFECT_FLOWS_HEARTBEAT_FREQUENCY}
     chosen = {key: os.environ.get(key, value) for key, value in CLIENT_SETTINGS.items()}
     with temporary_settings(updates={setting[key]: value for key, value in chosen.items()}):
         yield chosen
