@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, text, update
@@ -19,12 +20,15 @@ from broadcasts.models import (
     SENDING,
     BroadcastEvent,
     BroadcastEventRefusal,
+    BroadcastMessage,
     BroadcastProviderMessage,
     BroadcastProviderMessageNumber,
     BroadcastProviderMessageStatus,
     LinkTestResult,
+    Service,
     ServiceBroadcastProvider,
     ServiceBroadcastSettings,
+    UTCDateTime,
     utcnow,
 )
 
@@ -284,3 +288,44 @@ def record_link_test_result(
     session.add(row)
     session.flush()
     return row
+
+
+def link_test_results(session: Session, since: datetime, provider: str | None = None) -> list[LinkTestResult]:
+    """Link-test results created at or after `since` (optionally of one provider), oldest first."""
+    query = select(LinkTestResult).where(LinkTestResult.created_at >= since)
+    if provider is not None:
+        query = query.where(LinkTestResult.provider == provider)
+    return list(session.scalars(query.order_by(LinkTestResult.created_at, LinkTestResult.id)))
+
+
+def unexpired_events_written_by(session: Session, now: datetime, written_by: datetime) -> list[BroadcastEvent]:
+    """Events that may still be sent, oldest first: written at or before `written_by`, not yet at
+    their finish time (the event's own, else its message's) at `now`, of a message that is not
+    stubbed, of an active service that is not in trial mode. Expired events are never loaded."""
+    finishes_at = func.coalesce(
+        BroadcastEvent.transmitted_finishes_at, BroadcastMessage.finishes_at, type_=UTCDateTime()
+    )
+    query = (
+        select(BroadcastEvent)
+        .join(BroadcastMessage, BroadcastMessage.id == BroadcastEvent.broadcast_message_id)
+        .join(Service, Service.id == BroadcastEvent.service_id)
+        .where(
+            finishes_at > now,
+            BroadcastEvent.sent_at <= written_by,
+            BroadcastMessage.stubbed.is_(False),
+            Service.active.is_(True),
+            Service.restricted.is_(False),
+        )
+        .order_by(BroadcastEvent.sent_at, BroadcastEvent.id)
+    )
+    return list(session.scalars(query))
+
+
+def refused_providers(session: Session, event_ids: Sequence[uuid.UUID]) -> set[tuple[uuid.UUID, str]]:
+    """Every (event, provider) of these events with at least one refusal."""
+    rows = session.execute(
+        select(BroadcastEventRefusal.broadcast_event_id, BroadcastEventRefusal.provider)
+        .where(BroadcastEventRefusal.broadcast_event_id.in_(list(event_ids)))
+        .distinct()
+    )
+    return {(event_id, provider) for event_id, provider in rows}

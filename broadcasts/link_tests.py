@@ -2,30 +2,79 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine
 
 from broadcasts import dao
-from broadcasts.cbc_proxy import CBCProxy, LinkTestOutcome
+from broadcasts.cbc_proxy import CBCProxy
 from broadcasts.db import unit_of_work
 from broadcasts.payloads import build_link_test_payload
 from broadcasts.providers import get_provider
 
 ROUTES = ("primary", "failover")  # the order of `Provider.routes`
+# Held around the one proxy call: yields None, or why the call goes ahead without the slot.
+ProviderSlot = Callable[[], AbstractContextManager[str | None]]
 
 
-def link_test_route(engine: Engine, proxy: CBCProxy, provider_name: str, route: str) -> LinkTestOutcome:
+@dataclass(frozen=True)
+class RouteTestResult:
+    """One route's link test, as stored: `detail` has the proxy `function`, `latency_ms` of the
+    proxy call, the `error` when it failed and `slot_stuck` when it went ahead without the slot."""
+
+    provider: str
+    route: str
+    function: str
+    ok: bool
+    latency_ms: int | None  # None when the proxy was not called
+    identifier: uuid.UUID | None
+    message_number: int | None
+    detail: dict[str, Any]
+
+    @property
+    def error(self) -> str | None:
+        return None if self.ok else str(self.detail.get("error", "failed"))
+
+    def as_row(self) -> dict[str, Any]:
+        """The row of the link-tests table: provider, route, ok, latency_ms, error."""
+        return {"provider": self.provider, "route": self.route, "ok": self.ok,
+                "latency_ms": self.latency_ms, "error": self.error}
+
+    def describe(self) -> str:
+        """Names the route and how it fared: `ee failover (ee-2-proxy: HTTP 500 ...)`, `ee primary ok`."""
+        if self.ok:
+            return f"{self.provider} {self.route} ok"
+        return f"{self.provider} {self.route} ({f'{self.function}: ' if self.function else ''}{self.error})"
+
+    @classmethod
+    def not_tested(cls, provider: str, route: str, reason: str) -> RouteTestResult:
+        """A route whose test could not run or be recorded (the reason says why): a failure."""
+        return cls(provider, route, "", False, None, None, None, {"error": reason})
+
+
+def link_test_route(engine: Engine, proxy: CBCProxy, provider_name: str, route: str, *,
+                    provider_slot: ProviderSlot = nullcontext) -> RouteTestResult:
     """One link test on one route (`primary` or `failover`), recorded in `link_test_result`
-    whatever the outcome: the row names the route, and its detail the proxy function."""
+    whatever the outcome: the row names the route, and its detail the proxy function.
+    `provider_slot` is entered only around the proxy call (the provider's concurrency limit)."""
     provider = get_provider(provider_name)
     if route not in ROUTES:
         raise ValueError(f"route {route!r} is not one of {', '.join(ROUTES)}")
     identifier = uuid.uuid4()
     with unit_of_work(engine) as session:
         number = dao.next_message_number(session) if provider.numbered else None
-    outcome = proxy.link_test(provider.routes[ROUTES.index(route)],
-                              build_link_test_payload(provider, identifier, number))
+    payload = build_link_test_payload(provider, identifier, number)
+    with provider_slot() as slot_note:
+        started = time.monotonic()
+        outcome = proxy.link_test(provider.routes[ROUTES.index(route)], payload)
+        latency_ms = round((time.monotonic() - started) * 1000)
+    detail = {**outcome.detail, "function": outcome.function, "latency_ms": latency_ms,
+              **({"slot_stuck": slot_note} if slot_note else {})}
     with unit_of_work(engine) as session:
         dao.record_link_test_result(
             session,
@@ -34,6 +83,22 @@ def link_test_route(engine: Engine, proxy: CBCProxy, provider_name: str, route: 
             identifier=identifier,
             message_number=number,
             ok=outcome.ok,
-            detail={**outcome.detail, "function": outcome.function},
+            detail=detail,
         )
-    return outcome
+    return RouteTestResult(provider.name, route, outcome.function, outcome.ok, latency_ms, identifier, number,
+                           detail)
+
+
+def providers_to_test(asked: Sequence[str] | None, enabled: Sequence[str]) -> list[str]:
+    """`asked` (each once, in the order given), or every enabled provider when None. An unknown
+    name raises UnknownProvider; a known provider that is not enabled may still be tested."""
+    chosen = list(enabled) if asked is None else list(dict.fromkeys(asked))
+    for name in chosen:
+        get_provider(name)
+    return chosen
+
+
+def routes_of(providers: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Every (provider, route) pair as two parallel lists, each provider's primary first."""
+    pairs = [(provider, route) for provider in providers for route in ROUTES]
+    return [p for p, _ in pairs], [r for _, r in pairs]

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     # `<block type slug>/<block name>` of the Prefect notification block operator alerts go to.
     alert_notification_block: str | None = Field(default=None, pattern=r"^[a-z0-9-]+/[^/]+$")
     broadcast_retry_delay_scale: float = Field(default=1.0, ge=0)
+    # How often resume looks for events left undispatched, and how long after an event is written
+    # it leaves the event to its own trigger first (docs/behaviour.md §7).
+    resume_interval_seconds: float = Field(default=60.0, gt=0)
+    resume_grace_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("enabled_cbcs", mode="before")
     @classmethod

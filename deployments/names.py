@@ -7,9 +7,9 @@ from __future__ import annotations
 from flows.send_broadcast_event import FLOW_NAME as SEND_EVENT_FLOW
 from flows.send_provider_message import FLOW_NAME as SEND_PROVIDER_FLOW
 from tasks.provider_limits import SLOT_STUCK_EVENT, limit_name
+from flows.link_tests import FLOW_NAME as LINK_TESTS_FLOW
+from flows.link_tests import ROUTE_FAILING_EVENT
 from tasks.send_provider_message import PROVIDER_BLOCKED_EVENT
-
-ROUTE_FAILING_EVENT = "broadcast.link-test.route-failing"
 
 WORK_POOL = "broadcasts"
 ALERTS_QUEUE = "alerts"
@@ -21,7 +21,6 @@ QUEUE_PRIORITIES = {ALERTS_QUEUE: 1, LINK_TESTS_QUEUE: 10}
 SEND_EVENT_DEPLOYMENT = f"{SEND_EVENT_FLOW}/{SEND_EVENT_FLOW}"
 SEND_PROVIDER_DEPLOYMENT = f"{SEND_PROVIDER_FLOW}/{SEND_PROVIDER_FLOW}"
 
-LINK_TESTS_FLOW = "link-tests"
 RESUME_FLOW = "resume-dispatch"
 
 EVENT_CREATED = "broadcast.event.created"  # a Prefect event whose resource carries the event id

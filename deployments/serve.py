@@ -14,6 +14,8 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
 from deployments import names
+from broadcasts.settings import get_settings
+from flows.link_tests import link_tests
 from flows.send_broadcast_event import send_broadcast_event
 from flows.send_provider_message import send_provider_message
 
@@ -28,6 +30,12 @@ SEND_PROVIDER_DESCRIPTION = (
     "Re-send one broadcast event to one network (ee, three, o2 or vodafone) with the same "
     "identifier; does nothing if that network already acknowledged it. Use 'Custom run' with "
     "the event id and the provider to replay one network after fixing what stopped it."
+)
+
+LINK_TESTS_DESCRIPTION = (
+    "Prove every route to every mobile network works: one test message to each provider's primary "
+    "and failover proxy separately, on a schedule (LINK_TEST_CRON). Fails naming the failed routes; "
+    "the table artifact 'link-tests' shows each route's result and latency. Never two at once."
 )
 
 # The client side of the production settings (serve and workers): the 10 s defaults add 6-15 s
@@ -52,6 +60,7 @@ def event_created_trigger() -> DeploymentEventTrigger:
 
 def deployments() -> list[RunnerDeployment]:
     """The deployments `serve` runs (names as in `prefect.yaml`)."""
+    settings = get_settings()
     return [
         send_broadcast_event.to_deployment(
             name=names.SEND_EVENT_FLOW, description=SEND_EVENT_DESCRIPTION,
@@ -59,6 +68,10 @@ def deployments() -> list[RunnerDeployment]:
         ),
         send_provider_message.to_deployment(
             name=names.SEND_PROVIDER_FLOW, description=SEND_PROVIDER_DESCRIPTION,
+        ),
+        link_tests.to_deployment(
+            name=names.LINK_TESTS_FLOW, description=LINK_TESTS_DESCRIPTION, cron=settings.link_test_cron,
+            concurrency_limit=1,  # runs never pile up behind a slow one
         ),
     ]
 

@@ -34,6 +34,8 @@ from prefect.events import emit_event
 from prefect.exceptions import MissingContextError, ObjectAlreadyExists, ObjectNotFound
 from prefect.logging import get_run_logger
 
+from broadcasts.settings import Settings
+
 # The shortest lease the server accepts; a crashed holder frees the slot when it runs out.
 LEASE_SECONDS = 60
 # Waiters ask again at least this often (Prefect's own waiters back off to 10-30 s).
@@ -43,6 +45,11 @@ SLOT_STUCK_EVENT = "broadcast.provider.slot-stuck"
 logger = logging.getLogger(__name__)
 _ensured: set[str] = set()
 _ensured_lock = threading.Lock()
+
+
+def slot_wait_seconds(settings: Settings) -> float:
+    """Longer than any live call holds a slot: both routes timing out, plus a margin."""
+    return 2 * (settings.cbc_proxy_connect_timeout + settings.cbc_proxy_read_timeout) + 10
 
 
 def limit_name(provider: str) -> str:

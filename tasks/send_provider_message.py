@@ -17,7 +17,7 @@ from broadcasts.db import get_engine
 from broadcasts.errors import EarlierEventFailed, NotSendable, RetryableError
 from broadcasts.models import utcnow
 from broadcasts.settings import get_settings
-from tasks.provider_limits import ensure_limits, provider_slot
+from tasks.provider_limits import ensure_limits, provider_slot, slot_wait_seconds
 
 logger = logging.getLogger(__name__)
 # Emitted when a send is blocked behind an earlier event's technical-failure (an operator alert).
@@ -72,8 +72,7 @@ class DelaysCutAtExpiry(list[float]):
 def send_to_provider(broadcast_event_id: str, provider: str) -> dispatch.SendResult:
     logger = get_run_logger()
     settings = get_settings()
-    # Longer than another send to this provider can hold the slot: both routes timing out.
-    slot_timeout = 2 * (settings.cbc_proxy_connect_timeout + settings.cbc_proxy_read_timeout) + 10
+    slot_timeout = slot_wait_seconds(settings)
     try:
         ensure_limits([provider])
         result = dispatch.send_to_provider(

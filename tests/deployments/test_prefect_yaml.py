@@ -6,6 +6,7 @@ from __future__ import annotations
 import yaml
 from prefect.flows import load_flow_from_entrypoint
 
+from broadcasts.settings import Settings, get_settings
 from deployments import names
 from deployments.serve import deployments
 from tests.conftest import PROJECT_ROOT
@@ -21,7 +22,16 @@ def test_every_deployment_runs_on_the_alerts_queue_of_the_pool_from_the_installe
     assert {d["name"]: (d["work_pool"]["name"], d["work_pool"]["work_queue_name"]) for d in config["deployments"]} == {
         names.SEND_EVENT_FLOW: (names.WORK_POOL, names.ALERTS_QUEUE),
         names.SEND_PROVIDER_FLOW: (names.WORK_POOL, names.ALERTS_QUEUE),
+        names.LINK_TESTS_FLOW: (names.WORK_POOL, names.LINK_TESTS_QUEUE),
     }
+
+
+def test_link_tests_run_on_the_default_schedule_one_at_a_time_in_both_places():
+    (declared,) = [d for d in project()["deployments"] if d["name"] == names.LINK_TESTS_FLOW]
+    (served,) = [d for d in deployments() if d.name == names.LINK_TESTS_FLOW]
+    assert declared["schedules"] == [{"cron": Settings.model_fields["link_test_cron"].default}]
+    assert [s.schedule.cron for s in served.schedules] == [get_settings().link_test_cron]
+    assert declared["concurrency_limit"] == served.concurrency_limit == 1
 
 
 def test_entrypoints_import_the_flows_that_serve_runs_with_the_same_names_and_descriptions():
