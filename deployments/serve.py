@@ -8,6 +8,7 @@ each: the per-provider limit and the per-message database lock already make that
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from prefect.deployments.runner import RunnerDeployment
@@ -16,6 +17,7 @@ from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 from deployments import names
 from broadcasts.settings import get_settings
 from flows.link_tests import link_tests
+from flows.resume_dispatch import RESUME_DESCRIPTION, resume_dispatch
 from flows.send_broadcast_event import send_broadcast_event
 from flows.send_provider_message import send_provider_message
 
@@ -68,6 +70,11 @@ def deployments() -> list[RunnerDeployment]:
         ),
         send_provider_message.to_deployment(
             name=names.SEND_PROVIDER_FLOW, description=SEND_PROVIDER_DESCRIPTION,
+        ),
+        resume_dispatch.to_deployment(
+            name=names.RESUME_FLOW, description=RESUME_DESCRIPTION,
+            interval=timedelta(seconds=settings.resume_interval_seconds),
+            concurrency_limit=1,
         ),
         link_tests.to_deployment(
             name=names.LINK_TESTS_FLOW, description=LINK_TESTS_DESCRIPTION, cron=settings.link_test_cron,

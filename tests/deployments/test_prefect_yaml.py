@@ -23,6 +23,7 @@ def test_every_deployment_runs_on_the_alerts_queue_of_the_pool_from_the_installe
         names.SEND_EVENT_FLOW: (names.WORK_POOL, names.ALERTS_QUEUE),
         names.SEND_PROVIDER_FLOW: (names.WORK_POOL, names.ALERTS_QUEUE),
         names.LINK_TESTS_FLOW: (names.WORK_POOL, names.LINK_TESTS_QUEUE),
+        names.RESUME_FLOW: (names.WORK_POOL, names.ALERTS_QUEUE),
     }
 
 
@@ -50,3 +51,11 @@ def test_the_event_created_trigger_is_the_same_in_both_places():
     assert declared["expect"] == sorted(served.expect) == [names.EVENT_CREATED]
     assert declared["match"] == served.match.root == {"prefect.resource.id": f"{names.EVENT_RESOURCE_PREFIX}*"}
     assert declared["parameters"] == served.parameters
+
+
+def test_resume_dispatch_runs_every_interval_one_at_a_time_in_both_places():
+    (declared,) = [d for d in project()["deployments"] if d["name"] == names.RESUME_FLOW]
+    (served,) = [d for d in deployments() if d.name == names.RESUME_FLOW]
+    assert declared["schedules"] == [{"interval": Settings.model_fields["resume_interval_seconds"].default}]
+    assert [s.schedule.interval.total_seconds() for s in served.schedules] == [get_settings().resume_interval_seconds]
+    assert declared["concurrency_limit"] == served.concurrency_limit == 1

@@ -1,0 +1,190 @@
+"""resume-dispatch: start a send for every event the database says is unfinished and no run is
+working on, so a lost webhook call or a dead process does not lose an alert (docs/behaviour.md §7).
+
+Why it neither loses an event nor starts two sends of one:
+
+- The database decides what is unfinished (`broadcasts.resume`); Prefect only says whether a run
+  is still on it. A run of send-broadcast-event or send-provider-message for the event is live
+  while it is Scheduled (AwaitingRetry included), Pending, Running, Paused or Cancelling. A run
+  whose process was killed stays Running until the zombie automation marks it Crashed; from then
+  on it is not live, and the event is resumed.
+- Every run it creates carries an idempotency key, and Prefect answers the existing run for a key
+  it has seen. An event that never had a send-broadcast-event run gets the webhook's own key, so
+  a late webhook call finds this run instead of starting another. Otherwise the key names the
+  event's latest send-broadcast-event run (`<webhook key>:resume:<run id>`): two resumers that see
+  the same history compute the same key and get one run, and once that run dies it is the latest,
+  so the next resume gets a fresh key.
+- The history is read before the live runs. A run another resumer creates meanwhile is either
+  in neither read (both compute the same key), or in the live read (this one leaves it alone).
+- An extra run is still harmless: each send re-checks every rule, takes the per-message lock,
+  reuses the identifier and payload, and never re-sends what a network acknowledged. This flow
+  sends nothing itself; its only effect is creating runs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    FlowRunFilterExpectedStartTime,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Completed, Failed, State
+
+from broadcasts.db import get_engine, unit_of_work
+from broadcasts.dispatch import TRANSIENT_DATABASE_ERRORS
+from broadcasts.models import utcnow
+from broadcasts.resume import Unfinished, events_to_dispatch
+from broadcasts.settings import Settings, get_settings
+from flows.send_broadcast_event import FLOW_NAME as SEND_EVENT_FLOW
+from flows.send_provider_message import FLOW_NAME as SEND_PROVIDER_FLOW
+
+FLOW_NAME = "resume-dispatch"
+# The deployments are named after their flows (as `deployments.names` declares them).
+SEND_EVENT_DEPLOYMENT = f"{SEND_EVENT_FLOW}/{SEND_EVENT_FLOW}"
+SEND_PROVIDER_DEPLOYMENT = f"{SEND_PROVIDER_FLOW}/{SEND_PROVIDER_FLOW}"
+LIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING]
+# Runs for an event are created after it is written; this allows for the writer's clock.
+CLOCK_MARGIN = timedelta(hours=1)
+PAGE = 200  # the API's largest page
+
+RESUME_DESCRIPTION = (
+    "Every RESUME_INTERVAL_SECONDS: start send-broadcast-event for each unexpired event written "
+    "more than RESUME_GRACE_SECONDS ago that a network has not yet acknowledged (nothing sent, or "
+    "left sending or returned-error) and that no live run is working on: its webhook call was "
+    "lost, or its run crashed. Safe to run at any time, also by hand: it only creates runs, one "
+    "per event however many resumers run at once, and each send reuses the identifiers."
+)
+
+
+def webhook_key(event_id: object) -> str:
+    """The key the webhook starts an event's send with (`deployments.names.idempotency_key`)."""
+    return f"{SEND_EVENT_FLOW}:{event_id}"
+
+
+def resume_key(event_id: object, latest_run_id: object) -> str:
+    return f"{webhook_key(event_id)}:resume:{latest_run_id}"
+
+
+@flow(name=FLOW_NAME, description=RESUME_DESCRIPTION)
+def resume_dispatch() -> State:
+    logger = get_run_logger()
+    settings = get_settings()
+    if not settings.cbc_proxy_enabled:
+        logger.info("CBC_PROXY_ENABLED is false: nothing is resumed")
+        return Completed(message="dispatch disabled: nothing resumed")
+    try:
+        unfinished = read_unfinished(settings)
+    except TRANSIENT_DATABASE_ERRORS as error:
+        return Failed(message=f"nothing resumed: the database is unavailable ({type(error).__name__})")
+    if not unfinished:
+        return resumed(0)
+
+    with get_client(sync_client=True) as client:
+        send_event = deployment_id(client, SEND_EVENT_DEPLOYMENT)
+        if send_event is None:
+            return Failed(message=f"nothing resumed: the deployment {SEND_EVENT_DEPLOYMENT} does not exist")
+        event_ids = {event.event_id for event in unfinished}
+        latest = latest_send_runs(client, send_event, unfinished)  # before the live runs: see above
+        live = live_runs(client, [send_event, deployment_id(client, SEND_PROVIDER_DEPLOYMENT)], event_ids)
+
+        count = 0
+        for event in unfinished:
+            if event.event_id in live:
+                run = live[event.event_id]
+                logger.info("not resuming event %s: %s; run %s is %s",
+                            event.event_id, event.reason, run.id, state_name(run))
+                continue
+            previous = latest.get(event.event_id)
+            key = webhook_key(event.event_id) if previous is None else resume_key(event.event_id, previous.id)
+            run = client.create_flow_run_from_deployment(
+                send_event, parameters={"broadcast_event_id": str(event.event_id)}, idempotency_key=key)
+            history = "never announced" if previous is None else f"previous run {previous.id} {state_name(previous)}"
+            logger.info("resuming event %s: %s; %s → run %s", event.event_id, event.reason, history, run.id)
+            count += 1
+    return resumed(count)
+
+
+def resumed(count: int) -> State:
+    return Completed(message=f"resumed {count} event{'' if count == 1 else 's'}")
+
+
+def read_unfinished(settings: Settings) -> list[Unfinished]:
+    """The events the database says need a send, oldest first."""
+    with unit_of_work(get_engine(settings.database_url)) as session:
+        return events_to_dispatch(session, utcnow(), timedelta(seconds=settings.resume_grace_seconds),
+                                  settings.enabled_cbcs)
+
+
+def deployment_id(client: SyncPrefectClient, name: str) -> uuid.UUID | None:
+    try:
+        return client.read_deployment_by_name(name).id
+    except ObjectNotFound:
+        return None
+
+
+def latest_send_runs(client: SyncPrefectClient, send_event: uuid.UUID, events: list[Unfinished]
+                     ) -> dict[uuid.UUID, FlowRun]:
+    """Each event's most recently created send-broadcast-event run, in any state. Only runs
+    expected to start after the oldest event was written are read."""
+    since = min(event.sent_at for event in events) - CLOCK_MARGIN
+    runs = all_flow_runs(client, FlowRunFilter(
+        deployment_id=FlowRunFilterDeploymentId(any_=[send_event]),
+        expected_start_time=FlowRunFilterExpectedStartTime(after_=since),
+    ))
+    latest: dict[uuid.UUID, FlowRun] = {}
+    for event_id, run in for_events(runs, {event.event_id for event in events}):
+        if event_id not in latest or run.created > latest[event_id].created:  # type: ignore[operator]
+            latest[event_id] = run
+    return latest
+
+
+def live_runs(client: SyncPrefectClient, deployments: list[uuid.UUID | None], event_ids: set[uuid.UUID]
+              ) -> dict[uuid.UUID, FlowRun]:
+    """A live (not final) run of these deployments for each event that has one."""
+    runs = all_flow_runs(client, FlowRunFilter(
+        deployment_id=FlowRunFilterDeploymentId(any_=[d for d in deployments if d is not None]),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=LIVE_STATES)),
+    ))
+    return dict(for_events(runs, event_ids))
+
+
+def all_flow_runs(client: SyncPrefectClient, flow_run_filter: FlowRunFilter) -> Iterator[FlowRun]:
+    offset = 0
+    while True:
+        page = client.read_flow_runs(flow_run_filter=flow_run_filter, sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+                                     limit=PAGE, offset=offset)
+        yield from page
+        if len(page) < PAGE:
+            return
+        offset += PAGE
+
+
+def for_events(runs: Iterable[FlowRun], event_ids: set[uuid.UUID]) -> Iterator[tuple[uuid.UUID, FlowRun]]:
+    """(event id, run) for each run whose `broadcast_event_id` parameter is one of these events."""
+    for run in runs:
+        event_id = as_uuid(run.parameters.get("broadcast_event_id"))
+        if event_id in event_ids:
+            yield event_id, run
+
+
+def as_uuid(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+def state_name(run: FlowRun) -> str:
+    return run.state.name if run.state is not None else str(run.state_name)

@@ -1,0 +1,260 @@
+"""resume-dispatch against the real Prefect server, the simulator and `broadcasts serve`: an event
+that was never announced, or whose run died, gets one new run after the grace period; an event
+whose run is still live gets none; two resumers at once create one run.
+
+Every test has a database of its own: resume looks at every unfinished event, and the shared test
+database holds other tests' events on purpose."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.states import Crashed, Running
+from sqlalchemy import Engine, select
+
+from broadcasts import dao
+from broadcasts.db import get_engine, unit_of_work
+from broadcasts.migrate import upgrade
+from broadcasts.models import RETURNED_ACK, BroadcastEvent, utcnow
+from broadcasts.providers import get_provider
+from deployments import names
+from flows.resume_dispatch import resume_dispatch
+from tests.conftest import backend, throwaway_postgres_database
+from tests.deployments.serving import serving, start_run, wait_for_runs
+from tests.factories import make_alert, make_event, make_message, make_service
+from tests.flows.helpers import in_thread, statuses
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+PROVIDERS = ["ee", "three", "o2", "vodafone"]
+LIVE_STATE_TYPES = {"SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"}
+
+
+@contextmanager
+def fresh_database_url(tmp_path: Path) -> Iterator[str]:
+    if backend() == "sqlite":
+        yield f"sqlite:///{tmp_path / 'resume.db'}"
+        return
+    with throwaway_postgres_database("resume_test") as url:
+        yield url
+
+
+@pytest.fixture
+def db(configure, tmp_path: Path) -> Iterator[Engine]:  # type: ignore[no-untyped-def]
+    """This test's own migrated database, configured for the flows and for `serving()`. Runs of
+    its events still waiting at the end are deleted, so no later worker picks them up."""
+    with fresh_database_url(tmp_path) as url:
+        engine = get_engine(url)
+        upgrade(engine)
+        configure(DATABASE_URL=url)
+        try:
+            yield engine
+        finally:
+            with unit_of_work(engine) as session:
+                event_ids = list(session.scalars(select(BroadcastEvent.id)))
+            with get_client(sync_client=True) as client:
+                for run in send_event_runs(event_ids):
+                    if run.state_type is not None and run.state_type.value in LIVE_STATE_TYPES:
+                        client.delete_flow_run(run.id)
+            engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def deployed(prefect_server: str) -> None:
+    """The deployments resume creates runs of, registered as `broadcasts serve` registers them."""
+    from deployments.serve import deployments
+
+    for deployment in deployments():
+        deployment.apply()
+
+
+def send_event_runs(event_ids: list[uuid.UUID]) -> list[FlowRun]:
+    """Every run of the send-broadcast-event deployment for these events, oldest first."""
+    wanted = {str(e) for e in event_ids}
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT)
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id])),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=200,  # this test's runs are the newest
+        )
+    return sorted((r for r in runs if r.parameters.get("broadcast_event_id") in wanted), key=lambda r: r.created)
+
+
+def runs_for(event_id: uuid.UUID) -> list[FlowRun]:
+    return send_event_runs([event_id])
+
+
+def run_resume() -> Any:
+    return resume_dispatch(return_state=True)
+
+
+def set_state(run_id: str, state: Any) -> None:
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(uuid.UUID(run_id), state, force=True)
+
+
+def written_ago(engine: Engine, seconds: float = 60, **service_options: Any) -> uuid.UUID:
+    service_id = make_service(engine, **service_options)
+    return make_event(engine, service_id, make_message(engine, service_id),
+                      sent_at=utcnow() - timedelta(seconds=seconds))
+
+
+def under_way(engine: Engine, event_id: uuid.UUID, *providers: str, acknowledged: tuple[str, ...] = ()) -> dict[str, uuid.UUID]:
+    """Provider messages as a run leaves them when its process dies mid-send: `sending` with
+    their identifiers (and Vodafone number); `acknowledged` ones already `returned-ack`."""
+    with unit_of_work(engine) as session:
+        found = {}
+        for provider in (*providers, *acknowledged):
+            message = dao.get_or_create_provider_message(session, event_id, provider, get_provider(provider).numbered)
+            if provider in acknowledged:
+                dao.append_status(session, message, RETURNED_ACK, route=f"{provider}-1-proxy", attempt=1)
+            found[provider] = message.id
+        return found
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def resume_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.INFO and "resuming event" in r.getMessage()]
+
+
+def test_an_event_never_announced_is_dispatched_by_one_run_after_the_grace_period(db, configure, deployed, sim, caplog):
+    configure(RESUME_GRACE_SECONDS="1")
+    _, _, event_id = make_alert(db)
+    written = utcnow()
+    with caplog.at_level(logging.INFO):
+        state = run_resume()  # inside the grace period: its trigger may still be on its way
+        assert state.is_completed() and runs_for(event_id) == []
+        assert state.message == "resumed 0 events"
+
+        time.sleep(max(0.0, 1.1 - (utcnow() - written).total_seconds()))
+        with serving():
+            state = run_resume()
+            [run] = runs_for(event_id)
+            assert state.is_completed() and state.message == "resumed 1 event"
+            assert run.idempotency_key == names.idempotency_key(event_id)  # a late webhook call finds this run
+            assert wait_for_runs([str(run.id)], 60) == {str(run.id): "COMPLETED"}
+
+        assert {p: s.status for p, s in statuses(db, event_id).items()} == dict.fromkeys(PROVIDERS, "returned-ack")
+        assert run_resume().message == "resumed 0 events"  # nothing left to do
+    assert [r.id for r in runs_for(event_id)] == [run.id]
+    assert resume_lines(caplog) == [
+        f"resuming event {event_id}: never dispatched: no provider message; never announced → run {run.id}"
+    ]
+
+
+def test_an_event_whose_run_is_still_sending_is_not_resumed(db, configure, deployed, sim, caplog):
+    configure(CBC_PROXY_READ_TIMEOUT="10")
+    event_id = written_ago(db)
+    sim.fault("ee-1-proxy", delay_seconds=4, times=1)
+    with serving():
+        run_id = start_run(event_id)
+
+        def ee_is_mid_call() -> bool:
+            found = statuses(db, event_id)
+            return "ee" in found and found["ee"].status == "sending" and \
+                found.get("three") is not None and found["three"].status == "returned-ack"
+
+        wait_until(ee_is_mid_call, 30, "ee's delayed call to be under way")
+        with caplog.at_level(logging.INFO):
+            state = run_resume()
+        runs = [str(r.id) for r in runs_for(event_id)]
+        # Before asserting: leaving `serving()` mid-call would leave ee's slot taken.
+        assert wait_for_runs([run_id], 60) == {run_id: "COMPLETED"}
+    assert state.is_completed() and state.message == "resumed 0 events"
+    assert runs == [run_id]
+    assert resume_lines(caplog) == [
+        f"not resuming event {event_id}: ee not acknowledged (ee sending); run {run_id} is Running"
+    ]
+    assert {s.status for s in statuses(db, event_id).values()} == {"returned-ack"}
+
+
+def test_two_resumers_at_once_create_one_run(db, deployed, caplog):
+    event_id = written_ago(db)
+    crashed = start_run(event_id)  # the webhook's run, whose process died
+    set_state(crashed, Crashed(message="process died"))
+
+    states: list[Any] = []
+    with caplog.at_level(logging.INFO):
+        threads = [in_thread(lambda: states.append(run_resume())) for _ in range(2)]
+        for thread in threads:
+            thread.join(60)
+
+    assert len(states) == 2 and all(s.is_completed() for s in states)
+    [first, resumed] = runs_for(event_id)
+    assert str(first.id) == crashed
+    assert resumed.idempotency_key == f"{names.idempotency_key(event_id)}:resume:{crashed}"
+    assert resumed.parameters == {"broadcast_event_id": str(event_id)}
+    lines = resume_lines(caplog)  # each resumer either got that run or saw it live
+    assert lines and all(line.endswith(f"run {resumed.id}") or f"run {resumed.id} is Scheduled" in line
+                         for line in lines), lines
+
+
+def test_a_crashed_run_is_resumed_with_the_same_identifiers(db, deployed, sim, caplog):
+    event_id = written_ago(db)
+    crashed = start_run(event_id)
+    set_state(crashed, Running())
+    identifiers = under_way(db, event_id, "ee", "vodafone", acknowledged=("three",))
+
+    with caplog.at_level(logging.INFO):
+        assert run_resume().message == "resumed 0 events"  # still Running: its process may be alive
+        set_state(crashed, Crashed(message="no heartbeat"))  # what the zombie automation does
+        state = run_resume()
+    assert state.is_completed() and state.message == "resumed 1 event"
+    [_, resumed] = runs_for(event_id)
+    assert resumed.idempotency_key == f"{names.idempotency_key(event_id)}:resume:{crashed}"
+    reason = "ee, o2, vodafone not acknowledged (ee sending, o2 no provider message, vodafone sending)"
+    assert resume_lines(caplog) == [
+        f"not resuming event {event_id}: {reason}; run {crashed} is Running",
+        f"resuming event {event_id}: {reason}; previous run {crashed} Crashed → run {resumed.id}",
+    ]
+
+    with serving():
+        assert wait_for_runs([str(resumed.id)], 60) == {str(resumed.id): "COMPLETED"}
+    after = statuses(db, event_id)
+    assert {p: s.status for p, s in after.items()} == dict.fromkeys(PROVIDERS, "returned-ack")
+    assert {p: after[p].identifier for p in identifiers} == identifiers
+    called = {c["payload"]["identifier"] for c in sim.invocations()}
+    assert called == {str(after[p].identifier) for p in ("ee", "o2", "vodafone")}  # three had acknowledged
+
+
+def test_one_line_per_event_says_why_and_which_run(db, deployed, caplog):
+    never = written_ago(db, seconds=120)
+    failed_event = written_ago(db, seconds=60, providers=["ee"])
+    under_way(db, failed_event, "ee")
+    with unit_of_work(db) as session:
+        dao.append_status(session, dao.get_provider_message(session, failed_event, "ee"), "returned-error", attempt=1)
+    failed = start_run(failed_event)
+    set_state(failed, Crashed(message="process died"))
+    live_event = written_ago(db, seconds=90)
+    live = start_run(live_event)  # Scheduled: a worker will take it
+
+    with caplog.at_level(logging.INFO):
+        state = run_resume()
+    assert state.is_completed() and state.message == "resumed 2 events"
+    [new_never] = runs_for(never)
+    [_, new_failed] = runs_for(failed_event)
+    assert resume_lines(caplog) == [
+        f"resuming event {never}: never dispatched: no provider message; never announced → run {new_never.id}",
+        f"not resuming event {live_event}: never dispatched: no provider message; run {live} is Scheduled",
+        f"resuming event {failed_event}: ee not acknowledged (ee returned-error); "
+        f"previous run {failed} Crashed → run {new_failed.id}",
+    ]
