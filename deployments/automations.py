@@ -3,7 +3,7 @@ process died, and the operator alerts.
 
 - A SIGKILLed worker leaves its flow run Running for ever. Runs send a heartbeat every
   PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds (30 in the production settings); a run of ours that
-  misses them for `ZOMBIE_AFTER_SECONDS` is marked Crashed, so resume-dispatch can take it over.
+  misses `MISSED_HEARTBEATS` of them is marked Crashed, so resume-dispatch can take it over.
 - With ALERT_NOTIFICATION_BLOCK set (`<block type slug>/<block name>`, e.g.
   `slack-webhook/on-call`), each alert sends a notification through that block naming what
   happened and what to do: a send run that ended Failed or Crashed, an event blocked behind an
@@ -26,7 +26,7 @@ from prefect.events.schemas.automations import AutomationCore, EventTrigger, Pos
 from deployments import names
 
 PREFIX = "broadcasts: "
-ZOMBIE_AFTER_SECONDS = 90  # three missed heartbeats at 30 s
+MISSED_HEARTBEATS = 3  # one late heartbeat is a busy machine; three is a dead process
 SEND_FLOWS = [names.SEND_EVENT_FLOW, names.SEND_PROVIDER_FLOW]
 STATUS_ADVICE = (
     "See `broadcasts status {{ flow_run.parameters.broadcast_event_id }}`; after fixing the cause, "
@@ -38,7 +38,8 @@ def _flows(flow_names: list[str]) -> dict[str, object]:
     return {"prefect.resource.role": "flow", "prefect.resource.name": flow_names}
 
 
-def zombie_runs() -> AutomationCore:
+def zombie_runs(heartbeat_seconds: float) -> AutomationCore:
+    silence = MISSED_HEARTBEATS * heartbeat_seconds
     return AutomationCore(
         name=PREFIX + "mark runs without heartbeats crashed",
         description="A run whose process died stops sending heartbeats; marking it Crashed lets "
@@ -52,10 +53,10 @@ def zombie_runs() -> AutomationCore:
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
-            within=timedelta(seconds=ZOMBIE_AFTER_SECONDS),
+            within=timedelta(seconds=silence),
         ),
         actions=[ChangeFlowRunState(state=StateType.CRASHED,
-                                    message=f"no heartbeat for {ZOMBIE_AFTER_SECONDS} s: its process died")],
+                                    message=f"no heartbeat for {silence:g} s: its process died")],
     )
 
 

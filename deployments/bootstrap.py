@@ -39,7 +39,7 @@ def bootstrap(providers: Iterable[str], notification_block: str | None = None) -
             _work_pool(client),
             *(_queue(client, queue, priority) for queue, priority in names.QUEUE_PRIORITIES.items()),
             *(_limit(client, names.limit_name(provider)) for provider in providers),
-            _automation(client, automations.zombie_runs()),
+            _automation(client, automations.zombie_runs(_heartbeat_seconds())),
         ]
         if notification_block is None:
             steps.append(Step("operator alerts are off: set ALERT_NOTIFICATION_BLOCK to a notification "
@@ -48,6 +48,14 @@ def bootstrap(providers: Iterable[str], notification_block: str | None = None) -
         block_id = automations.notification_block_id(client, notification_block)
         steps += [_automation(client, a) for a in automations.operator_alerts(block_id)]
         return steps
+
+
+def _heartbeat_seconds() -> float:
+    """The runs' heartbeat interval, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: the CLI applies the
+    production settings (30 s) unless the operator set it, as for workers."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+    return float(PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value())
 
 
 def _automation(client: SyncPrefectClient, automation: AutomationCore) -> Step:
