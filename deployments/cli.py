@@ -3,32 +3,67 @@ others start fast."""
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
+import signal
+import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
+from typer.core import TyperGroup
 
 from broadcasts.errors import DispatchError, InvalidInput
 from broadcasts.settings import Settings, describe_invalid_settings, get_settings
 from broadcasts.validation import parse_duration, parse_polygon, parse_uuid
 
+# The order an operator meets the commands in; typer would list single commands before groups.
+OPERATOR_ORDER = ("db", "event", "send-event", "status", "replay", "simulator")
+
+
+def reflow(text: str | None) -> str | None:
+    """Joins the lines of each paragraph, so the terminal wraps help text: rich help keeps a
+    docstring's source line breaks, which then break rows and sentences in odd places."""
+    if not text:
+        return text
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n"))
+
+
+class OperatorHelp(TyperGroup):
+    """Lists OPERATOR_ORDER first (then any other command, in the order it was added), with
+    every command's help reflowed."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for command in self.commands.values():
+            command.help = reflow(command.help)
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        rank = {name: i for i, name in enumerate(OPERATOR_ORDER)}
+        return sorted(super().list_commands(ctx), key=lambda name: rank.get(name, len(rank)))
+
+
 app = typer.Typer(
+    cls=OperatorHelp,
     help="Dispatcher for emergency cell-broadcast alerts: sends each event to every mobile "
     "network's CBC proxy, in order, exactly once.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-event_app = typer.Typer(help="Broadcast events.", no_args_is_help=True)
+db_app = typer.Typer(cls=OperatorHelp, help="Database schema.", no_args_is_help=True)
+event_app = typer.Typer(cls=OperatorHelp, help="Broadcast events.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(event_app, name="event")
 
 EXIT_NOT_ACKNOWLEDGED = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for Ctrl-C
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
@@ -44,9 +79,16 @@ def settings() -> Settings:
 
 
 def engine():  # type: ignore[no-untyped-def]
+    """The app database, checked first: a missing schema or an unreachable server is one line."""
     from broadcasts.db import get_engine
+    from broadcasts.migrate import DatabaseNotReady, check_schema
 
-    return get_engine(settings().database_url)
+    database = get_engine(settings().database_url)
+    try:
+        check_schema(database)
+    except DatabaseNotReady as error:
+        fail(str(error))
+    return database
 
 
 def as_uuid(value: str, what: str) -> uuid.UUID:
@@ -64,10 +106,21 @@ def _check_configuration() -> None:
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the database schema to the newest revision."""
-    from broadcasts.migrate import upgrade
+    from broadcasts.db import get_engine
+    from broadcasts.migrate import DatabaseNotReady, display_url, upgrade
 
-    upgrade(engine())
-    typer.echo(f"database at {engine().url.render_as_string(hide_password=True)} is up to date")
+    database = get_engine(settings().database_url)
+    try:
+        before, after = upgrade(database)
+    except DatabaseNotReady as error:
+        fail(str(error))
+    where = f"the database at {display_url(database)}"
+    if before is None:
+        typer.echo(f"created the schema (revision {after}) in {where}")
+    elif before == after:
+        typer.echo(f"{where} is up to date (revision {after})")
+    else:
+        typer.echo(f"migrated {where} from revision {before} to {after}")
 
 
 @event_app.command("create")
@@ -160,11 +213,92 @@ def print_rows(rows: list[dict[str, Any]], state: Any, as_json: bool) -> None:
                    + (f"  last error: {r['last_error']}" if r["last_error"] else ""))
 
 
-def run_and_report(flow_call: Any, event_id: uuid.UUID, providers: list[str] | None, as_json: bool) -> None:
+def start_temporary_server(server: Any) -> None:
+    """Starts Prefect's temporary server as Prefect itself would without PREFECT_API_URL, but
+    with the service's server settings (deployments/server.py: no analytics, slot leases kept on
+    disk) where the operator set none: the server process inherits this environment."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    from deployments.server import server_environment
+
+    os.environ.update(server_environment(os.environ))
+    try:
+        # The first start migrates a fresh Prefect database, which can outlast Prefect's 20 s default.
+        server.start(timeout=max(60, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
+    except RuntimeError as error:
+        server.stop()
+        fail(f"the temporary Prefect server did not start ({str(error).splitlines()[0]}); "
+             "set PREFECT_API_URL to a running server")
+
+
+def stop_now(server: Any) -> None:
+    """Stops the temporary server without logging (this runs inside a signal handler)."""
+    process = server.server_process
+    if process is not None:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def prefect_api(interrupted: str) -> Iterator[None]:
+    """Flows in this block run against PREFECT_API_URL or, when it is unset, a temporary server
+    that lives only as long as the block.
+
+    Ctrl-C ends the command at once: one line, exit 130. Prefect's own handling would wait for
+    the task threads, asleep in a retry delay (up to 240 s) or a proxy call, then print a
+    traceback. Leaving hard is safe: a provider message left `sending` or `returned-error` is
+    continued by the next run with the same identifier, and its lock dies with this process."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = None
+    if not PREFECT_API_URL.value():
+        from prefect.server.api.server import SubprocessASGIServer  # only then: a heavy import
+
+        server = SubprocessASGIServer()
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        typer.echo(f"interrupted: {interrupted}", err=True)
+        if server is not None:
+            stop_now(server)
+        os._exit(EXIT_INTERRUPTED)  # no waiting for the task threads
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)  # before the server starts: it takes seconds
+    try:
+        if server is None:
+            yield
+            return
+        start_temporary_server(server)
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if server is not None:
+            send_pending_logs_and_events()
+            server.stop()
+
+
+def send_pending_logs_and_events() -> None:
+    """Sends the run's queued logs and events while the temporary server still listens: at exit
+    Prefect would retry them against the stopped server for over a minute."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
+
+
+def run_and_report(flow_call: Any, event_id: uuid.UUID, providers: list[str] | None, as_json: bool,
+                   interrupted: str) -> None:
     from broadcasts.db import unit_of_work
     from broadcasts.status import event_status
 
-    state = flow_call()
+    with prefect_api(interrupted):
+        state = flow_call()
     try:
         with unit_of_work(engine()) as session:
             rows = [s.as_row() for s in event_status(session, event_id)]
@@ -191,16 +325,19 @@ def send_event(
 
     eid = as_uuid(event_id, "event id")
     config = settings()
+    database = engine()  # checked even when dispatch is off: the report reads it afterwards
     providers: list[str] | None = None
     if config.cbc_proxy_enabled:
         try:
-            with unit_of_work(engine()) as session:
+            with unit_of_work(database) as session:
                 providers = providers_for_event(session, eid, config.enabled_cbcs)
         except DispatchError as error:
             fail(str(error))
     from flows.send_broadcast_event import send_broadcast_event
 
-    run_and_report(lambda: send_broadcast_event(str(eid), return_state=True), eid, providers, as_json)
+    run_and_report(lambda: send_broadcast_event(str(eid), return_state=True), eid, providers, as_json,
+                   interrupted=f"sending event {eid} stopped; run `broadcasts send-event {eid}` again, "
+                   f"or `broadcasts replay {eid} PROVIDER`, to continue")
 
 
 @app.command("replay")
@@ -224,7 +361,8 @@ def replay(
     from flows.send_provider_message import send_provider_message
 
     run_and_report(
-        lambda: send_provider_message(str(eid), provider, return_state=True), eid, [provider], as_json
+        lambda: send_provider_message(str(eid), provider, return_state=True), eid, [provider], as_json,
+        interrupted=f"replay of event {eid} to {provider} stopped; run it again to continue",
     )
 
 
@@ -234,9 +372,72 @@ def simulator(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 9001,
 ) -> None:
     """Run the CBC proxy simulator (the Lambda Invoke API of the eight proxies and `canary`)."""
-    from simulator.app import run
+    from simulator.app import CannotListen, run
 
-    run(host=host, port=port, prefix=settings().cbc_proxy_function_prefix)
+    try:
+        run(host=host, port=port, prefix=settings().cbc_proxy_function_prefix)
+    except CannotListen as error:
+        fail(str(error))
+
+
+@app.command("bootstrap")
+def bootstrap_command() -> None:
+    """Create the work pool, its queues (alerts before link-tests) and the cbc-<provider> limits
+    that are missing, against PREFECT_API_URL; print what was created or found. Safe to repeat."""
+    from deployments.bootstrap import bootstrap
+    from deployments.serve import client_settings
+
+    require_prefect_api()
+    config = settings()
+    with client_settings():  # the heartbeat the zombie-run automation expects
+        for step in bootstrap(config.enabled_cbcs, config.alert_notification_block):
+            typer.echo(str(step))
+
+
+@app.command("serve")
+def serve_command(
+    webhook: Annotated[bool, typer.Option(help="Also run the signed webhook receiver.")] = True,
+    webhook_host: Annotated[str, typer.Option(help="Interface the webhook listens on.")] = "127.0.0.1",
+    webhook_port: Annotated[int, typer.Option(help="Port the webhook listens on.", min=1, max=65535)] = 8000,
+) -> None:
+    """Run the service on this machine: bootstrap, then the webhook and every deployment served from
+    this process against PREFECT_API_URL, until SIGTERM or Ctrl-C."""
+    from deployments import service
+
+    require_prefect_api()
+    config = settings()
+    if webhook:
+        require_webhook_secret(config)
+    service.run(config, webhook=(webhook_host, webhook_port) if webhook else None, echo=typer.echo)
+
+
+@app.command("server")
+def server_command(
+    host: Annotated[str, typer.Option(help="Interface to listen on (keep the API off public networks).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 4200,
+    ui: Annotated[bool, typer.Option(help="Serve the Prefect UI too.")] = True,
+) -> None:
+    """Start the Prefect server with the settings this service needs (filesystem lease storage, 1 s
+    slot waits, no analytics); see the README for its database and auth settings."""
+    from deployments.server import start
+
+    start(host, port, ui)
+
+
+def require_prefect_api() -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        fail("PREFECT_API_URL is not set: point it at the Prefect server (start one with `broadcasts server`)")
+
+
+def require_webhook_secret(config: Settings) -> None:
+    from deployments.webhook import MIN_SECRET_BYTES
+
+    secret = config.webhook_secret.get_secret_value() if config.webhook_secret else ""
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        fail(f"WEBHOOK_SECRET must be set to at least {MIN_SECRET_BYTES} bytes "
+             "(or run with --no-webhook)")
 
 
 if __name__ == "__main__":

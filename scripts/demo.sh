@@ -47,10 +47,10 @@ ALERT=$(echo "$CREATED" | event_id)
 MESSAGE=$(echo "$CREATED" | message_id)
 "$BIN/broadcasts" send-event "$ALERT"
 
-step "An update while EE's primary proxy answers HTTP 500: EE fails over to its second proxy"
+step "A Welsh update (ŵ makes it cy-GB) while EE's primary proxy answers HTTP 500: EE fails over to its second proxy"
 fault '{"function": "ee-1-proxy", "http_status": 500, "times": 1}'
 UPDATE=$("$BIN/broadcasts" event create --type update --message "$MESSAGE" --json \
-    --body "Rhybudd llifogydd: symudwch i dir uwch nawr." | event_id)
+    --body "Rhybudd llifogydd: symudwch i dir uwch nawr. Peidiwch ag yfed dŵr tap." | event_id)
 "$BIN/broadcasts" send-event "$UPDATE"
 
 step "A cancel while both Vodafone proxies fail twice: retried until acknowledged"
@@ -70,7 +70,8 @@ curl -fsS "$SIM/invocations" | "$BIN/python" -c '
 import json, sys
 for call in json.load(sys.stdin):
     kind = call["payload"].get("message_type", "?")
-    print(call["received_at"], call["function"].ljust(17), kind.ljust(7), call["outcome"])
+    language = call["payload"].get("language", "-")  # a cancel carries none
+    print(call["received_at"], call["function"].ljust(17), kind.ljust(7), language.ljust(8), call["outcome"])
 '
 printf '\nDemo finished: alert, update (Welsh) and cancel acknowledged by every network.\n'
 printf 'Not yet built: deployments with a worker, the authenticated webhook, scheduled link tests.\n'

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Mapping, Sequence
 
 
@@ -28,10 +29,13 @@ def parse_args(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from simulator.app import run
+    from simulator.app import CannotListen, run
 
     args = parse_args(argv)
-    run(args.host, args.port, args.prefix)
+    try:
+        run(args.host, args.port, args.prefix)
+    except CannotListen as error:
+        sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -73,10 +75,29 @@ def create_app(prefix: str = "") -> FastAPI:
     return app
 
 
+class CannotListen(Exception):
+    """The simulator cannot take its port; the message is one line for the operator."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, taken before uvicorn starts so a bad or busy port is one clear
+    CannotListen instead of uvicorn's log line, exit 3 and a traceback."""
+    if not 0 <= port <= 65535:
+        raise CannotListen(f"port {port} is out of range: give 1-65535, or 0 to pick a free port")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)  # without the address again
+        raise CannotListen(f"cannot listen on {host}:{port}: {reason.lower()}") from None
+
+
 def run(host: str = "127.0.0.1", port: int = 9001, prefix: str = "") -> None:
-    """Serve the simulator until interrupted. Port 0 picks a free port (printed when ready)."""
+    """Serve the simulator until interrupted. Port 0 picks a free port (printed when ready).
+    Raises CannotListen when the port is out of range or taken."""
     import uvicorn  # deferred: only the server process needs it
 
+    sock = listen(host, port)
     config = uvicorn.Config(
         create_app(prefix),
         host=host,
@@ -87,11 +108,11 @@ def run(host: str = "127.0.0.1", port: int = 9001, prefix: str = "") -> None:
         # A hanging call would otherwise hold shutdown until a reset that never comes.
         timeout_graceful_shutdown=1,
     )
-    asyncio.run(_serve(uvicorn.Server(config), host))
+    asyncio.run(_serve(uvicorn.Server(config), host, sock))
 
 
-async def _serve(server: Any, host: str) -> None:
-    serving = asyncio.create_task(server.serve())
+async def _serve(server: Any, host: str, sock: socket.socket) -> None:
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not serving.done():
         await asyncio.sleep(0.01)
     if server.started:
