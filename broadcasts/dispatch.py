@@ -349,7 +349,3 @@ def read_plan(engine: Engine, event_id: uuid.UUID, enabled: Sequence[str]) -> Ev
             return plan_event(session, event_id, enabled)
     except TRANSIENT_DATABASE_ERRORS as error:
         raise DatabaseUnavailable(f"{type(error).__name__} reading event {event_id}") from error
-
-
-def providers_for_event(session: Session, event_id: uuid.UUID, enabled: Sequence[str]) -> list[str]:
-    return plan_event(session, event_id, enabled).providers

@@ -23,7 +23,8 @@ from broadcasts.settings import Settings, describe_invalid_settings, get_setting
 from broadcasts.validation import parse_duration, parse_polygon, parse_uuid
 
 # The order an operator meets the commands in; typer would list single commands before groups.
-OPERATOR_ORDER = ("db", "event", "send-event", "status", "replay", "simulator")
+OPERATOR_ORDER = ("db", "event", "send-event", "status", "replay", "trigger", "link-test", "server",
+                  "bootstrap", "serve", "webhook", "simulator")
 
 
 def reflow(text: str | None) -> str | None:
@@ -177,6 +178,7 @@ def status(
     """Per provider: status, identifier, message number, and the history of every attempt."""
     from broadcasts.db import unit_of_work
     from broadcasts.status import event_status
+    from deployments.report import status_lines
 
     eid = as_uuid(event_id, "event id")
     try:
@@ -191,26 +193,19 @@ def status(
         return
     if not statuses:
         typer.echo(f"event {eid}: nothing sent yet")
-    for s in statuses:
-        typer.echo(f"{s.provider}: {s.status}  identifier {s.identifier}"
-                   + (f"  message number {s.message_number}" if s.message_number else ""))
-        for h in s.history:
-            parts = [h.created_at.isoformat(timespec="milliseconds"), h.status]
-            parts += [f"attempt {h.attempt}"] if h.attempt else []
-            parts += [f"via {h.route}"] if h.route else []
-            parts += [json.dumps(h.detail)] if h.detail else []
-            typer.echo("    " + "  ".join(parts))
+    for line in status_lines(statuses):
+        typer.echo(line)
 
 
 def print_rows(rows: list[dict[str, Any]], state: Any, as_json: bool) -> None:
+    from deployments.report import table_lines
+
     if as_json:
         typer.echo(json.dumps({"state": state.name, "message": state.message, "providers": rows}, indent=2))
         return
     typer.echo(f"{state.name}: {state.message}")
-    for r in rows:
-        typer.echo(f"  {r['provider']:<9} {r['status']:<17} {r['identifier'] or '-'}  "
-                   f"number {r['message_number'] or '-'}  attempts {r['attempts']}"
-                   + (f"  last error: {r['last_error']}" if r["last_error"] else ""))
+    for line in table_lines(rows):
+        typer.echo(line)
 
 
 def start_temporary_server(server: Any) -> None:
@@ -321,7 +316,7 @@ def send_event(
     """Send an event to every available provider now (in this process, against the configured
     Prefect API or a temporary one). Exit code 0 only when every provider acknowledged."""
     from broadcasts.db import unit_of_work
-    from broadcasts.dispatch import providers_for_event
+    from broadcasts.dispatch import plan_event
 
     eid = as_uuid(event_id, "event id")
     config = settings()
@@ -330,7 +325,7 @@ def send_event(
     if config.cbc_proxy_enabled:
         try:
             with unit_of_work(database) as session:
-                providers = providers_for_event(session, eid, config.enabled_cbcs)
+                providers = plan_event(session, eid, config.enabled_cbcs).providers
         except DispatchError as error:
             fail(str(error))
     from flows.send_broadcast_event import send_broadcast_event
@@ -389,7 +384,7 @@ def bootstrap_command() -> None:
 
     require_prefect_api()
     config = settings()
-    with client_settings():  # the heartbeat the zombie-run automation expects
+    with client_settings(), prefect_errors():  # the heartbeat the zombie-run automation expects
         for step in bootstrap(config.enabled_cbcs, config.alert_notification_block):
             typer.echo(str(step))
 
@@ -408,7 +403,8 @@ def serve_command(
     config = settings()
     if webhook:
         require_webhook_secret(config)
-    service.run(config, webhook=(webhook_host, webhook_port) if webhook else None, echo=typer.echo)
+    with prefect_errors():
+        service.run(config, webhook=(webhook_host, webhook_port) if webhook else None, echo=typer.echo)
 
 
 @app.command("server")
@@ -422,6 +418,112 @@ def server_command(
     from deployments.server import start
 
     start(host, port, ui)
+
+
+@app.command("webhook")
+def webhook_command(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+) -> None:
+    """Run the signed webhook receiver alone: POST /broadcast-events starts one send-broadcast-event
+    run per event. Needs WEBHOOK_SECRET (32 bytes or more) and PREFECT_API_URL."""
+    from deployments.webhook import WebhookNotConfigured, run
+
+    try:
+        run(host, port)
+    except WebhookNotConfigured as error:
+        fail(str(error))
+
+
+@app.command("trigger")
+def trigger_command(
+    event_id: Annotated[str, typer.Argument(help="The broadcast event id.")],
+    url: Annotated[str, typer.Option(help="The webhook's base URL.")] = "http://127.0.0.1:8000",
+) -> None:
+    """Ask the webhook to send an event, signing the request with WEBHOOK_SECRET, as the service API
+    does. Prints the answer; exit code 0 only for 202 (accepted)."""
+    import httpx
+
+    from deployments.trigger import post_event
+
+    eid = as_uuid(event_id, "event id")
+    config = settings()
+    if config.webhook_secret is None:
+        fail("WEBHOOK_SECRET is not set: the request cannot be signed")
+    try:
+        code, answer = post_event(url, eid, config.webhook_secret.get_secret_value())
+    except httpx.HTTPError as error:
+        fail(f"cannot reach the webhook at {url}: {error}")
+    typer.echo(f"{code} {json.dumps(answer)}")
+    if code != 202:
+        raise typer.Exit(EXIT_NOT_ACKNOWLEDGED)
+
+
+@app.command("link-test")
+def link_test_command(
+    provider: Annotated[list[str] | None, typer.Option(help="Test only this provider; repeat for more.")] = None,
+    history: Annotated[bool, typer.Option("--history", help="Show stored results instead of testing.")] = False,
+    since: Annotated[str, typer.Option(help="With --history: how far back, e.g. 24h, 7d.")] = "24h",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Test every route (primary and failover, separately) of every enabled provider now, and print
+    the table; exit code 1 if a route failed. With --history, each route's pass rate instead."""
+    if history:
+        return print_link_test_history(provider, since, as_json)
+    from flows.link_tests import run_link_tests
+
+    engine()  # the results are stored there: a missing schema is one line, before any call
+    with prefect_api(interrupted="link tests stopped; run `broadcasts link-test` again"), prefect_errors():
+        state, rows = run_link_tests(provider)
+    if as_json:
+        typer.echo(json.dumps({"state": state.name, "message": state.message, "routes": rows}, indent=2))
+    else:
+        typer.echo(f"{state.name}: {state.message}")
+        for r in rows:
+            typer.echo(f"  {r['provider']:<9} {r['route']:<9} {'ok' if r['ok'] else 'FAILED':<7} "
+                       f"{r['latency_ms'] if r['latency_ms'] is not None else '-':>6} ms"
+                       + (f"  {r['error']}" if r["error"] else ""))
+    if not state.is_completed():
+        raise typer.Exit(EXIT_NOT_ACKNOWLEDGED)
+
+
+def print_link_test_history(providers: list[str] | None, since: str, as_json: bool) -> None:
+    from broadcasts.db import unit_of_work
+    from broadcasts.link_test_history import link_test_history
+    from broadcasts.models import utcnow
+
+    try:
+        window = parse_duration(since)
+    except ValueError as error:
+        fail(str(error))
+    try:
+        with unit_of_work(engine()) as session:
+            found = [h for p in (providers or [None]) for h in link_test_history(session, utcnow() - window, p)]
+    except DispatchError as error:
+        fail(str(error))
+    if as_json:
+        typer.echo(json.dumps([h.as_row() for h in found], indent=2))
+        return
+    if not found:
+        typer.echo(f"no link tests in the last {since}")
+    for h in found:
+        typer.echo(f"  {h.provider:<9} {h.route:<9} {h.passes}/{h.runs} passed ({h.pass_rate:.0%})"
+                   + (f"  failing {h.consecutive_failures} in a row: {h.last_error}" if h.consecutive_failures else ""))
+
+
+@contextmanager
+def prefect_errors() -> Iterator[None]:
+    """The Prefect API refusing or not answering is one line, not a traceback."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    try:
+        yield
+    except httpx.HTTPStatusError as error:
+        hint = ": set PREFECT_API_AUTH_STRING to the server's auth string" if error.response.status_code == 401 else ""
+        fail(f"the Prefect API at {PREFECT_API_URL.value()} answered HTTP {error.response.status_code}{hint}")
+    except httpx.TransportError as error:
+        fail(f"cannot reach the Prefect API at {PREFECT_API_URL.value()}: {error or type(error).__name__}")
 
 
 def require_prefect_api() -> None:

@@ -48,9 +48,13 @@ def publish_table(event_id: uuid.UUID, failures: dict[str, str | None]) -> list[
 
 
 def unacknowledged(rows: list[dict[str, Any]], providers: Sequence[str]) -> list[str]:
-    """The providers of this run that did not acknowledge, with their status and last error."""
+    """The providers of this run that did not acknowledge, grouped by status and last error so a
+    reason shared by several (a refusal, say) is said once: ["ee, three (refused: …)", "o2 (sending)"]."""
+    groups: dict[tuple[str, str | None], list[str]] = {}
+    for r in rows:
+        if r["provider"] in providers and r["status"] != RETURNED_ACK:
+            groups.setdefault((r["status"], r["last_error"]), []).append(r["provider"])
     return [
-        f"{r['provider']} ({r['status']}: {r['last_error']})" if r["last_error"] else f"{r['provider']} ({r['status']})"
-        for r in rows
-        if r["provider"] in providers and r["status"] != RETURNED_ACK
+        f"{', '.join(names)} ({status}: {error})" if error else f"{', '.join(names)} ({status})"
+        for (status, error), names in groups.items()
     ]

@@ -1,0 +1,60 @@
+"""What `broadcasts status` and `send-event` show an operator: failed routes one per line, the
+wait and its reason, a refusal said once, never escaped JSON."""
+
+from __future__ import annotations
+
+import pytest
+
+from broadcasts import dispatch
+from broadcasts.cbc_proxy import get_proxy
+from broadcasts.errors import AllRoutesFailed, EarlierEventPending
+from broadcasts.settings import get_settings
+from tests.deployments.test_cli import POLYGON, cli  # noqa: F401  (cli is a fixture)
+from tests.factories import make_event, make_message, make_service
+
+
+def send(engine, event_id, provider="ee"):  # type: ignore[no-untyped-def]
+    settings = get_settings()
+    return dispatch.send_to_provider(engine, get_proxy(settings), event_id, provider, headline="h",
+                                     enabled=settings.enabled_cbcs)
+
+
+def test_status_lists_failed_routes_one_per_line_and_the_wait_with_its_reason(cli, engine, sim):
+    service_id = make_service(engine)
+    message_id = make_message(engine, service_id)
+    alert = make_event(engine, service_id, message_id)
+    sim.fault("ee-1-proxy", http_status=500, times=1)
+    sim.fault("ee-2-proxy", function_error="Unhandled", times=1)
+    with pytest.raises(AllRoutesFailed):
+        send(engine, alert)
+    update = make_event(engine, service_id, message_id, message_type="update")
+    with pytest.raises(EarlierEventPending):
+        send(engine, update)
+
+    failed = cli("status", str(alert))
+    assert failed.exit_code == 0, failed.output
+    lines = failed.stdout.splitlines()
+    attempt = next(i for i, line in enumerate(lines) if "returned-error  attempt 1" in line)
+    assert lines[attempt].endswith("every route failed")
+    assert lines[attempt + 1].strip().startswith("ee-1-proxy: HTTP 500")
+    assert lines[attempt + 2].strip().startswith("ee-2-proxy: FunctionError Unhandled")
+    assert '"failed_routes"' not in failed.stdout and '\\"' not in failed.stdout  # no JSON detail, no escapes
+
+    waiting = cli("status", str(update)).stdout
+    assert f"sending  waiting for event {alert} (alert, not yet acknowledged by ee)" in waiting
+
+
+def test_a_refused_send_prints_the_table_with_the_reason_once(cli, configure, engine, sim, prefect_server):
+    configure(ENABLED_CBCS="ee,three,o2,vodafone")
+    service_id = make_service(engine)
+    event_id = make_event(engine, service_id, make_message(engine, service_id, stubbed=True))
+
+    result = cli("send-event", str(event_id))
+
+    assert result.exit_code == 1
+    reason = f"event {event_id} belongs to a stubbed broadcast message; nothing is sent"
+    assert result.stdout.count(reason) == 2, result.stdout  # the run's message and the table's "why"
+    assert result.stdout.splitlines()[0] == (
+        f"Failed: event {event_id} not acknowledged by ee, three, o2, vodafone (refused: {reason})")
+    assert result.stdout.splitlines()[-1] == f"  why: {reason}"
+    assert sim.invocations() == []

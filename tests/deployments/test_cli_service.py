@@ -1,0 +1,36 @@
+"""The service commands an operator runs by hand: link-test (now and history) and trigger."""
+
+from __future__ import annotations
+
+import json
+
+from tests.deployments.test_cli import cli, create_alert  # noqa: F401  (cli is a fixture)
+
+
+def test_link_test_prints_every_route_and_fails_when_one_does(cli, configure, engine, sim, prefect_server):
+    configure(ENABLED_CBCS="ee,vodafone")
+    passed = cli("link-test")
+    assert passed.exit_code == 0, passed.output
+    assert passed.stdout.splitlines()[0] == "Completed: 4 routes ok"
+    assert [line.split()[:3] for line in passed.stdout.splitlines()[1:]] == [
+        ["ee", "primary", "ok"], ["ee", "failover", "ok"], ["vodafone", "primary", "ok"], ["vodafone", "failover", "ok"]]
+
+    sim.fault("vodafone-2-proxy", http_status=500, times=1)
+    failed = cli("link-test", "--provider", "vodafone", "--json")
+    assert failed.exit_code == 1
+    answer = json.loads(failed.stdout)
+    assert answer["state"] == "Failed" and "vodafone failover" in answer["message"]
+    assert [(r["route"], r["ok"]) for r in answer["routes"]] == [("primary", True), ("failover", False)]
+
+    history = cli("link-test", "--history", "--provider", "vodafone", "--since", "1h")
+    assert history.exit_code == 0, history.output
+    failover = next(line for line in history.stdout.splitlines() if "failover" in line)
+    assert "failing 1 in a row: HTTP 500" in failover
+
+
+def test_trigger_without_a_reachable_webhook_is_one_line(cli, configure, engine):
+    configure(WEBHOOK_SECRET="s" * 32)
+    event_id = create_alert(cli)["broadcast_event_id"]
+    result = cli("trigger", event_id, "--url", "http://127.0.0.1:1")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: cannot reach the webhook at http://127.0.0.1:1") and "Traceback" not in result.output
