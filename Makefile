@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
-.PHONY: install demo test test-sqlite test-postgresql bench clean
+.PHONY: install demo demo-ui test test-sqlite test-postgresql bench clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ install: $(INSTALLED)
 
 demo: install
 	bash scripts/demo.sh
+
+demo-ui: install
+	DEMO_KEEP=1 bash scripts/demo.sh
 
 test: test-sqlite test-postgresql
 

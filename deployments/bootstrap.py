@@ -26,10 +26,10 @@ from deployments import automations, names
 @dataclass(frozen=True)
 class Step:
     what: str  # e.g. "work pool broadcasts"
-    created: bool
+    created: bool | None  # None: a note, not a thing
 
     def __str__(self) -> str:
-        return f"{'created' if self.created else 'found'}: {self.what}"
+        return f"{'note' if self.created is None else 'created' if self.created else 'found'}: {self.what}"
 
 
 def bootstrap(providers: Iterable[str], notification_block: str | None = None) -> list[Step]:
@@ -43,7 +43,7 @@ def bootstrap(providers: Iterable[str], notification_block: str | None = None) -
         ]
         if notification_block is None:
             steps.append(Step("operator alerts are off: set ALERT_NOTIFICATION_BLOCK to a notification "
-                              "block (<block type slug>/<block name>) to turn them on", created=False))
+                              "block (<block type slug>/<block name>) to turn them on", created=None))
             return steps
         block_id = automations.notification_block_id(client, notification_block)
         steps += [_automation(client, a) for a in automations.operator_alerts(block_id)]

@@ -289,11 +289,16 @@ def send_pending_logs_and_events() -> None:
 
 def run_and_report(flow_call: Any, event_id: uuid.UUID, providers: list[str] | None, as_json: bool,
                    interrupted: str) -> None:
+    with prefect_api(interrupted):
+        state = flow_call()
+    report(state, event_id, providers, as_json)
+
+
+def report(state: Any, event_id: uuid.UUID, providers: list[str] | None, as_json: bool) -> None:
+    """Prints the run's state and the per-provider table; exit 1 unless every provider acknowledged."""
     from broadcasts.db import unit_of_work
     from broadcasts.status import event_status
 
-    with prefect_api(interrupted):
-        state = flow_call()
     try:
         with unit_of_work(engine()) as session:
             rows = [s.as_row() for s in event_status(session, event_id)]
@@ -439,9 +444,13 @@ def webhook_command(
 def trigger_command(
     event_id: Annotated[str, typer.Argument(help="The broadcast event id.")],
     url: Annotated[str, typer.Option(help="The webhook's base URL.")] = "http://127.0.0.1:8000",
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the run, then print the per-provider "
+                                       "table and the run's address in the Prefect UI.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --wait: print JSON.")] = False,
 ) -> None:
     """Ask the webhook to send an event, signing the request with WEBHOOK_SECRET, as the service API
-    does. Prints the answer; exit code 0 only for 202 (accepted)."""
+    does. Prints the answer; exit code 0 only for 202 (accepted) and, with --wait, only when every
+    provider acknowledged."""
     import httpx
 
     from deployments.trigger import post_event
@@ -457,6 +466,26 @@ def trigger_command(
     typer.echo(f"{code} {json.dumps(answer)}")
     if code != 202:
         raise typer.Exit(EXIT_NOT_ACKNOWLEDGED)
+    if wait:
+        require_prefect_api()
+        with prefect_errors():
+            state, address = wait_for_run(uuid.UUID(answer["flow_run_id"]))
+        typer.echo(f"run: {address}")
+        report(state, eid, None, as_json)
+
+
+def wait_for_run(run_id: uuid.UUID, timeout_seconds: float = 600) -> tuple[Any, str]:
+    """The run's final state (or its state when the wait ran out) and its address in the UI."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_UI_URL
+
+    deadline = time.monotonic() + timeout_seconds
+    with get_client(sync_client=True) as client:
+        while not (state := client.read_flow_run(run_id).state).is_final() and time.monotonic() < deadline:
+            time.sleep(0.5)
+    return state, f"{PREFECT_UI_URL.value()}/runs/flow-run/{run_id}"
 
 
 @app.command("link-test")

@@ -1,66 +1,107 @@
 #!/usr/bin/env bash
-# The dispatcher end to end on embedded defaults: a fresh SQLite database, flows run in-process
-# against a local Prefect server (SQLite), and the CBC proxy simulator standing in for the four
-# networks.
+# The dispatcher end to end on the real path, on embedded defaults: a fresh SQLite database, a
+# local Prefect server with its UI (broadcasts server), the service (broadcasts serve: the
+# deployments and the signed webhook) and the CBC proxy simulator standing in for the four
+# networks. Every event goes in through the signed webhook, as the service API sends it.
+#
+# DEMO_KEEP=1 (make demo-ui) leaves everything running afterwards, to click through the runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=.venv/bin
-DEMO=.demo
-PORT=${DEMO_SIMULATOR_PORT:-9001}
+BIN=$PWD/.venv/bin
+DEMO=$PWD/.demo
+SIM_PORT=${DEMO_SIMULATOR_PORT:-9001}
 PREFECT_PORT=${DEMO_PREFECT_PORT:-4209}
+WEBHOOK_PORT=${DEMO_WEBHOOK_PORT:-8009}
+KEEP=${DEMO_KEEP:-0}
+
+PIDS=()
+stop_all() {
+    set +e
+    for pid in "${PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL -- "-$pid" 2>/dev/null
+    done
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+
+fail() { printf 'demo: %s\n' "$*" >&2; exit 1; }
+step() { printf '\n== %s\n' "$*"; }
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# start NAME COMMAND...: in its own process group, so stopping it stops its children too.
+start() { local name=$1; shift; setsid "$@" > "$DEMO/$name.log" 2>&1 & PIDS+=("$!"); }
+# wait_until NAME SECONDS CHECK...: until CHECK succeeds; a part that dies or hangs is one line.
+wait_until() {
+    local name=$1 seconds=$2; shift 2
+    local pid=${PIDS[-1]}
+    for _ in $(seq $((seconds * 5))); do
+        "$@" >/dev/null 2>&1 && return 0
+        kill -0 "$pid" 2>/dev/null || { tail -5 "$DEMO/$name.log" >&2; fail "$name exited; its log is $DEMO/$name.log"; }
+        sleep 0.2
+    done
+    tail -5 "$DEMO/$name.log" >&2
+    fail "$name did not come up within $seconds s; its log is $DEMO/$name.log"
+}
+json_field() { "$BIN/python" -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+fault() { curl -fsS -X POST "$SIM/faults" -H 'Content-Type: application/json' -d "$1" >/dev/null; }
+
+for port in "$SIM_PORT" "$PREFECT_PORT" "$WEBHOOK_PORT"; do
+    port_free "$port" || fail "port $port is in use: stop what uses it, or set DEMO_SIMULATOR_PORT, DEMO_PREFECT_PORT or DEMO_WEBHOOK_PORT"
+done
 rm -rf "$DEMO" && mkdir -p "$DEMO"
 
-export DATABASE_URL="sqlite:///$PWD/$DEMO/broadcasts.db"
-export CBC_PROXY_ENDPOINT_URL="http://127.0.0.1:$PORT"
-export PREFECT_HOME="$PWD/$DEMO/prefect"
-export PREFECT_SERVER_ANALYTICS_ENABLED=false
+export DATABASE_URL="sqlite:///$DEMO/broadcasts.db"
+export CBC_PROXY_ENDPOINT_URL="http://127.0.0.1:$SIM_PORT"
+export PREFECT_HOME="$DEMO/prefect"
+export PREFECT_API_URL="http://127.0.0.1:$PREFECT_PORT/api"
+export WEBHOOK_SECRET
+WEBHOOK_SECRET=$("$BIN/python" -c 'import secrets; print(secrets.token_hex(32))')
 export BROADCAST_RETRY_DELAY_SCALE=0.1   # the production schedule is 1, 2, 4 … 240 s
-SIM="http://127.0.0.1:$PORT/_simulator"
-
-step() { printf '\n== %s\n' "$*"; }
-event_id() { "$BIN/python" -c 'import json,sys; print(json.load(sys.stdin)["broadcast_event_id"])'; }
-message_id() { "$BIN/python" -c 'import json,sys; print(json.load(sys.stdin)["broadcast_message_id"])'; }
-fault() { curl -fsS -X POST "$SIM/faults" -H 'Content-Type: application/json' -d "$1" >/dev/null; }
+SIM="http://127.0.0.1:$SIM_PORT/_simulator"
+WEBHOOK="http://127.0.0.1:$WEBHOOK_PORT"
 
 step "Migrate a fresh SQLite database"
 "$BIN/broadcasts" db upgrade
 
-step "Start the CBC proxy simulator on port $PORT and a local Prefect server on port $PREFECT_PORT"
-"$BIN/broadcasts" simulator --port "$PORT" > "$DEMO/simulator.log" 2>&1 &
-SIMULATOR_PID=$!
-# One local server for every step (each `send-event` would otherwise start a temporary one).
-setsid "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT" --no-ui --analytics-off \
-    > "$DEMO/prefect-server.log" 2>&1 &
-PREFECT_PID=$!
-trap 'kill $SIMULATOR_PID 2>/dev/null; kill -- -$PREFECT_PID 2>/dev/null; true' EXIT
-for _ in $(seq 50); do grep -q listening "$DEMO/simulator.log" && break; sleep 0.1; done
-cat "$DEMO/simulator.log"
-export PREFECT_API_URL="http://127.0.0.1:$PREFECT_PORT/api"
-for _ in $(seq 120); do curl -fsS "$PREFECT_API_URL/health" >/dev/null 2>&1 && break; sleep 0.5; done
-echo "Prefect server at $PREFECT_API_URL"
+step "Start the CBC proxy simulator (:$SIM_PORT), the Prefect server with its UI (:$PREFECT_PORT) and the service (webhook :$WEBHOOK_PORT)"
+start simulator "$BIN/broadcasts" simulator --port "$SIM_PORT"
+wait_until simulator 15 curl -fsS "$SIM/invocations"
+start prefect-server "$BIN/broadcasts" server --port "$PREFECT_PORT"
+wait_until prefect-server 90 curl -fsS "$PREFECT_API_URL/health"
+start serve "$BIN/broadcasts" serve --webhook-port "$WEBHOOK_PORT"
+wait_until serve 90 grep -q '^serving:' "$DEMO/serve.log"
+wait_until serve 30 curl -fsS "$WEBHOOK/healthz"
+sed 's/^/  /' "$DEMO/serve.log"
 
-step "An alert, sent to all four networks"
+step "An alert, posted to the signed webhook and sent to all four networks"
 CREATED=$("$BIN/broadcasts" event create --type alert --channel severe --json \
     --body "Flood warning: move to higher ground now." \
     --polygon "51.50,-0.12 51.52,-0.12 51.52,-0.10 51.50,-0.10" --finishes-in 2h)
-ALERT=$(echo "$CREATED" | event_id)
-MESSAGE=$(echo "$CREATED" | message_id)
-"$BIN/broadcasts" send-event "$ALERT"
+ALERT=$(echo "$CREATED" | json_field broadcast_event_id)
+MESSAGE=$(echo "$CREATED" | json_field broadcast_message_id)
+"$BIN/broadcasts" trigger "$ALERT" --url "$WEBHOOK" --wait
 
 step "A Welsh update (ŵ makes it cy-GB) while EE's primary proxy answers HTTP 500: EE fails over to its second proxy"
 fault '{"function": "ee-1-proxy", "http_status": 500, "times": 1}'
 UPDATE=$("$BIN/broadcasts" event create --type update --message "$MESSAGE" --json \
-    --body "Rhybudd llifogydd: symudwch i dir uwch nawr. Peidiwch ag yfed dŵr tap." | event_id)
-"$BIN/broadcasts" send-event "$UPDATE"
+    --body "Rhybudd llifogydd: symudwch i dir uwch nawr. Peidiwch ag yfed dŵr tap." | json_field broadcast_event_id)
+"$BIN/broadcasts" trigger "$UPDATE" --url "$WEBHOOK" --wait
 
 step "A cancel while both Vodafone proxies fail twice: retried until acknowledged"
 fault '{"function": "vodafone-1-proxy", "function_error": "Unhandled", "times": 2}'
 fault '{"function": "vodafone-2-proxy", "http_status": 503, "times": 2}'
-CANCEL=$("$BIN/broadcasts" event create --type cancel --message "$MESSAGE" --json | event_id)
-"$BIN/broadcasts" send-event "$CANCEL"
+CANCEL=$("$BIN/broadcasts" event create --type cancel --message "$MESSAGE" --json | json_field broadcast_event_id)
+"$BIN/broadcasts" trigger "$CANCEL" --url "$WEBHOOK" --wait
 
-step "Sending the alert again sends nothing: every network already acknowledged it"
-"$BIN/broadcasts" send-event "$ALERT"
+step "The alert posted again: the webhook answers with the same run, and nothing is sent again"
+# Scheduled link tests may call the proxies meanwhile: count the calls of this alert only.
+alert_calls() { curl -fsS "$SIM/invocations" | "$BIN/python" -c "import json,sys; print(sum(1 for c in json.load(sys.stdin) if c['payload'].get('message_type') == 'alert'))"; }
+BEFORE=$(alert_calls)
+"$BIN/broadcasts" trigger "$ALERT" --url "$WEBHOOK"
+AFTER=$(alert_calls)
+[ "$BEFORE" = "$AFTER" ] || fail "the repeated call sent something"
+echo "alert calls before: $BEFORE, after: $AFTER"
 
 step "The cancel's history for each network"
 "$BIN/broadcasts" status "$CANCEL"
@@ -73,5 +114,11 @@ for call in json.load(sys.stdin):
     language = call["payload"].get("language", "-")  # a cancel carries none
     print(call["received_at"], call["function"].ljust(17), kind.ljust(7), language.ljust(8), call["outcome"])
 '
-printf '\nDemo finished: alert, update (Welsh) and cancel acknowledged by every network.\n'
-printf 'Not yet built: deployments with a worker, the authenticated webhook, scheduled link tests.\n'
+printf '\nDemo finished: alert, update (Welsh) and cancel, each posted to the signed webhook and acknowledged by every network.\n'
+if [ "$KEEP" = 1 ]; then
+    printf '\nEverything is still running. The Prefect UI: http://127.0.0.1:%s (runs, artifacts, Retry,\n' "$PREFECT_PORT"
+    printf 'and Deployments > send-provider-message > Custom run). Post another event with:\n'
+    printf '  WEBHOOK_SECRET=%s %s/broadcasts trigger EVENT_ID --url %s --wait\n' "$WEBHOOK_SECRET" "$BIN" "$WEBHOOK"
+    printf 'Press Ctrl-C to stop everything.\n'
+    while true; do sleep 3600; done
+fi
