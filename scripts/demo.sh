@@ -17,6 +17,7 @@ KEEP=${DEMO_KEEP:-0}
 PIDS=()
 stop_all() {
     set +e
+    kill $(jobs -p) 2>/dev/null  # the keep-running sleep of DEMO_KEEP=1
     for pid in "${PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done
     for pid in "${PIDS[@]}"; do
         for _ in $(seq 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
@@ -120,5 +121,5 @@ if [ "$KEEP" = 1 ]; then
     printf 'and Deployments > send-provider-message > Custom run). Post another event with:\n'
     printf '  WEBHOOK_SECRET=%s %s/broadcasts trigger EVENT_ID --url %s --wait\n' "$WEBHOOK_SECRET" "$BIN" "$WEBHOOK"
     printf 'Press Ctrl-C to stop everything.\n'
-    while true; do sleep 3600; done
+    while true; do sleep 3600 & wait $!; done  # `wait` lets the INT/TERM trap run at once
 fi
