@@ -122,7 +122,12 @@ def ensure(client: SyncPrefectClient, automation: AutomationCore) -> str:
 
 def notification_block_id(client: SyncPrefectClient, reference: str) -> object:
     """The block document named `<block type slug>/<block name>`."""
+    from prefect.exceptions import ObjectNotFound
+
     slug, _, name = reference.partition("/")
-    if not name:
-        raise ValueError(f"ALERT_NOTIFICATION_BLOCK {reference!r} is not <block type slug>/<block name>")
-    return client.read_block_document_by_name(name, block_type_slug=slug).id
+    try:
+        return client.read_block_document_by_name(name, block_type_slug=slug).id
+    except ObjectNotFound:
+        raise ObjectNotFound(http_exc=None, help_message=(
+            f"ALERT_NOTIFICATION_BLOCK names the block {reference!r}, which does not exist: create it "
+            f"(e.g. in the UI's Blocks page) or unset the variable")) from None

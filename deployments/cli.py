@@ -262,13 +262,16 @@ def prefect_api(interrupted: str) -> Iterator[None]:
             stop_now(server)
         os._exit(EXIT_INTERRUPTED)  # no waiting for the task threads
 
+    from deployments.serve import client_settings
+
     previous = signal.signal(signal.SIGINT, on_interrupt)  # before the server starts: it takes seconds
     try:
         if server is None:
-            yield
+            with client_settings():  # the heartbeat the service's zombie-run automation expects
+                yield
             return
         start_temporary_server(server)
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}), client_settings():
             yield
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -382,8 +385,9 @@ def simulator(
 
 @app.command("bootstrap")
 def bootstrap_command() -> None:
-    """Create the work pool, its queues (alerts before link-tests) and the cbc-<provider> limits
-    that are missing, against PREFECT_API_URL; print what was created or found. Safe to repeat."""
+    """Create the work pool, its queues (alerts before link-tests), the cbc-<provider> limits and
+    the automations (zombie runs; operator alerts with ALERT_NOTIFICATION_BLOCK) that are missing,
+    against PREFECT_API_URL; print what was created or found. Safe to repeat."""
     from deployments.bootstrap import bootstrap
     from deployments.serve import client_settings
 
@@ -499,8 +503,14 @@ def link_test_command(
     the table; exit code 1 if a route failed. With --history, each route's pass rate instead."""
     if history:
         return print_link_test_history(provider, since, as_json)
+    from broadcasts.providers import get_provider
     from flows.link_tests import run_link_tests
 
+    try:
+        for name in provider or []:
+            get_provider(name)
+    except DispatchError as error:
+        fail(str(error))
     engine()  # the results are stored there: a missing schema is one line, before any call
     with prefect_api(interrupted="link tests stopped; run `broadcasts link-test` again"), prefect_errors():
         state, rows = run_link_tests(provider)
@@ -546,8 +556,12 @@ def prefect_errors() -> Iterator[None]:
     import httpx
     from prefect.settings import PREFECT_API_URL
 
+    from prefect.exceptions import ObjectNotFound
+
     try:
         yield
+    except ObjectNotFound as error:
+        fail(f"not found on the Prefect API at {PREFECT_API_URL.value()}: {error}")
     except httpx.HTTPStatusError as error:
         hint = ": set PREFECT_API_AUTH_STRING to the server's auth string" if error.response.status_code == 401 else ""
         fail(f"the Prefect API at {PREFECT_API_URL.value()} answered HTTP {error.response.status_code}{hint}")

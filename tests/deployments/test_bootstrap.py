@@ -53,7 +53,11 @@ def test_prefect_deploy_all_succeeds_from_a_clean_checkout(tmp_path):
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     with get_client(sync_client=True) as client:
-        for name in (names.SEND_EVENT_DEPLOYMENT, names.SEND_PROVIDER_DEPLOYMENT):
-            deployment = client.read_deployment_by_name(name)
-            assert (deployment.work_pool_name, deployment.work_queue_name) == (names.WORK_POOL, names.ALERTS_QUEUE)
-            assert deployment.pull_steps == []
+        try:
+            for name in (names.SEND_EVENT_DEPLOYMENT, names.SEND_PROVIDER_DEPLOYMENT):
+                deployment = client.read_deployment_by_name(name)
+                assert (deployment.work_pool_name, deployment.work_queue_name) == (names.WORK_POOL, names.ALERTS_QUEUE)
+                assert deployment.pull_steps == []
+        finally:  # the other tests serve these names from `broadcasts serve`: one topology per server
+            for deployment in client.read_deployments():
+                client.delete_deployment(deployment.id)

@@ -34,3 +34,15 @@ def test_trigger_without_a_reachable_webhook_is_one_line(cli, configure, engine)
     result = cli("trigger", event_id, "--url", "http://127.0.0.1:1")
     assert result.exit_code == 2
     assert result.stderr.startswith("error: cannot reach the webhook at http://127.0.0.1:1") and "Traceback" not in result.output
+
+
+def test_bootstrap_with_a_notification_block_that_does_not_exist_is_one_line(cli, configure, prefect_server):
+    configure(ALERT_NOTIFICATION_BLOCK="slack-webhook/nobody")
+    result = cli("bootstrap")
+    assert result.exit_code == 2
+    assert "'slack-webhook/nobody', which does not exist" in result.stderr and "Traceback" not in result.output
+
+
+def test_link_test_of_an_unknown_provider_is_bad_input(cli, engine):
+    result = cli("link-test", "--provider", "orange")
+    assert result.exit_code == 2 and "unknown provider 'orange'" in result.stderr
