@@ -9,25 +9,12 @@ import uuid
 
 import pytest
 from sqlalchemy import func, select
-from typer.testing import CliRunner
 
 from broadcasts.db import unit_of_work
 from broadcasts.models import BroadcastEvent, BroadcastMessage, Service, ServiceBroadcastProvider, ServiceBroadcastSettings
-from deployments.cli import app
 from tests.conftest import PROJECT_ROOT
 
 POLYGON = "51.50,-0.12 51.52,-0.12 51.52,-0.10"
-
-
-@pytest.fixture
-def cli(configure):  # type: ignore[no-untyped-def]
-    configure(ENABLED_CBCS="ee,vodafone")
-    runner = CliRunner()
-
-    def invoke(*args: str):  # type: ignore[no-untyped-def]
-        return runner.invoke(app, list(args))
-
-    return invoke
 
 
 def counts(engine) -> tuple[int, int, int]:  # type: ignore[no-untyped-def]

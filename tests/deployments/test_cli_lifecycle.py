@@ -10,7 +10,7 @@ from sqlalchemy import update
 
 from broadcasts.db import unit_of_work
 from broadcasts.models import BroadcastMessage, utcnow
-from tests.deployments.test_cli import POLYGON, cli, counts, create_alert  # noqa: F401  (cli is a fixture)
+from tests.deployments.test_cli import POLYGON, counts, create_alert
 
 
 def refused(cli, engine, *args: str) -> str:  # type: ignore[no-untyped-def]

@@ -9,7 +9,6 @@ from broadcasts import dispatch
 from broadcasts.cbc_proxy import get_proxy
 from broadcasts.errors import AllRoutesFailed, EarlierEventPending
 from broadcasts.settings import get_settings
-from tests.deployments.test_cli import POLYGON, cli  # noqa: F401  (cli is a fixture)
 from tests.factories import make_event, make_message, make_service
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.deployments.test_cli import cli, create_alert  # noqa: F401  (cli is a fixture)
+from tests.deployments.test_cli import create_alert
 
 
 def test_link_test_prints_every_route_and_fails_when_one_does(cli, configure, engine, sim, prefect_server):

@@ -1,0 +1,245 @@
+"""`broadcasts serve` killed mid-send and started again: every network ends acknowledged with the
+identifier it was first sent, and nobody has to do anything.
+
+The whole `serve` process group is SIGKILLed while four proxy calls hang in the simulator. The
+send run then stays Running with no process behind it. Its heartbeats stop, the zombie-run
+automation (created by serve's bootstrap) marks it Crashed after three missed heartbeats, and
+resume-dispatch, on its schedule in the restarted `serve`, starts a new send that reuses each
+provider message, identifier and payload.
+
+Resume-dispatch runs on the server's scheduler, which the session's Prefect server keeps off. So
+this module has a server of its own, started as `broadcasts server` starts it (the service's
+server settings, every service on), and a database of its own: resume looks at every unfinished
+event, and the shared test database holds other tests' events on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from sqlalchemy import Engine
+
+from broadcasts.db import get_engine
+from broadcasts.migrate import upgrade
+from deployments import names, server
+from deployments.automations import MISSED_HEARTBEATS
+from deployments.serve import CLIENT_SETTINGS
+from flows.resume_dispatch import resume_key
+from tests.conftest import _free_port, _wait_for_health, backend, throwaway_postgres_database
+from tests.deployments.serving import serving, start_run
+from tests.factories import make_alert
+from tests.flows.helpers import prefect_events, statuses
+
+pytestmark = pytest.mark.skipif(
+    backend() != "postgresql",
+    reason="a Prefect server of its own on PostgreSQL: this test runs in the PostgreSQL pass of `make test`",
+)
+
+PROVIDERS = ["ee", "three", "o2", "vodafone"]
+HEARTBEAT_SECONDS = float(CLIENT_SETTINGS["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"])  # Prefect's minimum
+RESUME_INTERVAL_SECONDS = 5
+# The longest a dead run's event waits: its heartbeats' silence, the automation's evaluation, one
+# resume interval, the resumed run's start and its calls.
+RECOVERY_BOUND_SECONDS = MISSED_HEARTBEATS * HEARTBEAT_SECONDS + RESUME_INTERVAL_SECONDS + 30
+HANG_SECONDS = 60  # the first call to each primary proxy: far longer than the test lets it run
+
+
+@pytest.fixture(scope="module")
+def scheduling_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Prefect server started as `broadcasts server` starts it, with its scheduler, on a
+    PostgreSQL database of its own; this module's clients and `serve` processes use it."""
+    with throwaway_postgres_database("prefect_recovery") as url:
+        home = tmp_path_factory.mktemp("prefect-recovery")
+        log = home / "server.log"
+        port = _free_port()
+        env = server.server_environment({
+            **os.environ,
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": url.replace("postgresql://", "postgresql+asyncpg://", 1),
+            "PREFECT_HOME": str(home),
+        })
+        env.pop("PREFECT_API_URL", None)
+        with open(log, "w") as output:
+            process = subprocess.Popen(server.command("127.0.0.1", port, ui=False), env=env, stdout=output,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        api = f"http://127.0.0.1:{port}/api"
+        saved = os.environ.get("PREFECT_API_URL")
+        try:
+            _wait_for_health(api, process, log)
+            os.environ["PREFECT_API_URL"] = api
+            with temporary_settings(updates={PREFECT_API_URL: api}):
+                yield api
+        finally:
+            if saved is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = saved
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def db(scheduling_server: str, configure) -> Iterator[Engine]:  # type: ignore[no-untyped-def]
+    """A database of its own, and the settings `serve` runs with: resume every few seconds, slow
+    proxy calls waited for (so a hanging call is still under way when `serve` dies), and no link
+    test during the test."""
+    with throwaway_postgres_database("recovery_test") as url:
+        engine = get_engine(url)
+        upgrade(engine)
+        configure(DATABASE_URL=url, RESUME_INTERVAL_SECONDS=str(RESUME_INTERVAL_SECONDS), RESUME_GRACE_SECONDS="2",
+                  CBC_PROXY_READ_TIMEOUT="30", LINK_TEST_CRON="0 0 1 1 *")
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+
+
+def test_serve_killed_mid_send_and_restarted_finishes_every_network_with_its_first_identifier(db, sim):
+    started, began = time.monotonic(), utcnow()
+    _, _, event_id = make_alert(db)
+    primaries = {f"{provider}-1-proxy": provider for provider in PROVIDERS}
+    for function in primaries:
+        sim.fault(function, delay_seconds=HANG_SECONDS, times=1)
+
+    with serving() as served:
+        run_id = start_run(event_id)
+        wait_until(lambda: len(sim.invocations()) >= len(PROVIDERS), 60, "the four proxy calls", served.text)
+        hanging = sim.invocations()
+        assert sorted(c["function"] for c in hanging) == sorted(primaries), hanging  # the primaries, once each
+        first = {primaries[c["function"]]: sent_as(c) for c in hanging}
+        group = descendants(served.process.pid)
+        killed_at = utcnow()
+        os.killpg(served.process.pid, signal.SIGKILL)
+        outside = [pid for pid, session in group.items() if session != served.process.pid]
+        for pid in outside:  # a process in a session of its own would outlive the group: no such test
+            os.kill(pid, signal.SIGKILL)
+        served.process.wait(10)
+        time.sleep(0.5)
+        alive = [pid for pid in [served.process.pid, *group] if is_alive(pid)]
+        assert alive == [], f"still running after SIGKILL: {alive}"
+        assert outside == [], f"processes outside serve's process group: {outside}"
+        assert {s.status for s in statuses(db, event_id).values()} == {"sending"}
+    print(f"\nserve killed mid-call with {len(group)} process(es) under it (flow runs included)")
+
+    def heartbeat_sent() -> bool:  # the first one goes out as the run starts
+        return any(e["resource"]["prefect.resource.id"] == f"prefect.flow-run.{run_id}"
+                   for e in prefect_events("prefect.flow-run.heartbeat", since=began))
+
+    wait_until(heartbeat_sent, 15, "a heartbeat of the served send run (without one the zombie-run "
+               "automation never fires)", lambda: runs_summary(began))
+
+    with serving() as served:
+        wait_until(lambda: all_acknowledged(db, event_id), RECOVERY_BOUND_SECONDS + 30,
+                   "every network to acknowledge", lambda: served.text()[-3000:] + runs_summary(began))
+
+    calls = sim.invocations()
+    after = [c for c in calls if parse(c["received_at"]) > killed_at and c["outcome"] == "ok"]
+    last_ack = max(parse(c["responded_at"]) for c in after)
+    recovery = (last_ack - killed_at).total_seconds()
+    found = statuses(db, event_id)
+    for provider in PROVIDERS:
+        assert found[provider].status == "returned-ack"
+        assert str(found[provider].identifier) == first[provider][0]
+        sent = {sent_as(c) for c in calls if c["function"].startswith(f"{provider}-")}
+        assert sent == {first[provider]}, f"{provider} was sent {sent}, first {first[provider]}"
+    repeats = {p: sum(c["function"].startswith(f"{p}-") for c in calls) for p in PROVIDERS}
+
+    with get_client(sync_client=True) as client:
+        crashed = client.read_flow_run(uuid.UUID(run_id))
+        deployment = client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT)
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id])))
+    assert crashed.state is not None and crashed.state.type.value == "CRASHED", crashed.state
+    assert "no heartbeat" in (crashed.state.message or ""), crashed.state.message  # the zombie-run automation
+    [resumed] = [r for r in runs if str(r.id) != run_id]
+    assert resumed.idempotency_key == resume_key(event_id, run_id)  # started by resume-dispatch, nobody else
+
+    crashed_after = (crashed.state.timestamp - killed_at).total_seconds()
+    print(f"recovery (SIGKILL -> last ACK): {recovery:.1f} s (bound {RECOVERY_BOUND_SECONDS:g} s); "
+          f"run marked Crashed {crashed_after:.1f} s after the kill; calls per provider "
+          f"(the hanging one + the resumed ones, one identifier each): {repeats}; "
+          f"test {time.monotonic() - started:.0f} s")
+    assert recovery <= RECOVERY_BOUND_SECONDS
+
+
+def runs_summary(since: datetime) -> str:
+    """The runs that are not done or that crashed, with their heartbeats: what a stall is made of."""
+    beats = Counter(e["resource"]["prefect.resource.id"] for e in prefect_events("prefect.flow-run.heartbeat", since))
+    with get_client(sync_client=True) as client:
+        flows = {f.id: f.name for f in client.read_flows()}
+        runs = client.read_flow_runs(limit=200)
+    lines = Counter(f"{flows.get(r.flow_id)} {r.state_name}" for r in runs)
+    stalled = [f"{flows.get(r.flow_id)} {r.id} {r.state_name} created {r.created} started {r.start_time} "
+               f"heartbeats {beats[f'prefect.flow-run.{r.id}']}"
+               for r in runs if r.state_name in ("Submitting", "Pending", "Running", "Crashed")]
+    return "\nflow runs: " + ", ".join(f"{n} {line}" for line, n in sorted(lines.items())) + "\n" + "\n".join(stalled)
+
+
+def sent_as(call: dict) -> tuple[str, str | None]:
+    """What identifies the message to its network: the identifier, and Vodafone's number."""
+    return call["payload"]["identifier"], call["payload"].get("message_number")
+
+
+def all_acknowledged(engine: Engine, event_id: uuid.UUID) -> bool:
+    found = statuses(engine, event_id)
+    return all(p in found and found[p].status == "returned-ack" for p in PROVIDERS)
+
+
+def wait_until(condition, timeout: float, what: str, output) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}; serve said:\n{output()[-5000:]}"
+        time.sleep(0.5)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def parse(timestamp: str) -> datetime:
+    return datetime.fromisoformat(timestamp)
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, session, …)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def descendants(root: int) -> dict[int, int]:
+    """Every process under `root`, with its session id."""
+    parents: dict[int, tuple[int, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := proc_stat(int(entry.name))) is not None:
+            parents[int(entry.name)] = (int(fields[1]), int(fields[3]))
+    found: dict[int, int] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, session) in parents.items():
+            if ppid == parent and pid not in found:
+                found[pid] = session
+                frontier.append(pid)
+    return found
+
+
+def is_alive(pid: int) -> bool:
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
