@@ -1,103 +1,175 @@
-"""`python -m benchmarks` (or `make bench`): each line is a measurement, its baseline and the ratio.
+"""`python -m benchmarks` (or `make bench`): the service end to end on production settings.
 
-1. Simulator start-up: `broadcasts simulator` until it listens, against a bare interpreter start.
-   Target: under 3 s.
-2. One provider send through the domain (checks, provider message, lock, proxy call, history),
-   against one bare boto3 `invoke` of the same proxy: the dispatcher's own overhead.
+It starts everything itself (see `benchmarks/stack.py`): throwaway PostgreSQL databases for the
+app and for Prefect on BENCH_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres),
+`broadcasts server`, the simulator, `broadcasts db upgrade` and `broadcasts serve` with its
+webhook, and stops all of it on every exit. Each figure is printed beside a baseline measured in
+the same run, with its target, and written to benchmarks/results/latest.json:
+
+- latency: an alert posted to the webhook (202) until the simulator receives the 4th provider
+  call; baseline: the same 4 proxy invokes issued directly in 4 threads; also the flow called in
+  this process against the same Prefect server.
+- fanout_500ms: the same, with every proxy answering 0.5 s late.
+- burst: 50 events posted at once until all 200 provider messages are acknowledged; baseline:
+  200 direct invokes, 4 at a time.
+- retry_fidelity: the gaps between a failing provider's attempts against the planned schedule.
+- cost: database statements per provider send (empty and 10,000-event history) and the peak
+  resident memory of the `serve` process tree during the latency run.
+
+Targets are reported as met / NOT MET; nothing is asserted.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import random
+import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import uuid
-from datetime import timedelta
-from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BROADCASTS = str(Path(sys.executable).parent / "broadcasts")
+from benchmarks import measure
+from benchmarks.stack import TreeMemory, postgres_version, running_stack
+
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+
+LATENCY_SAMPLES = 30
+FANOUT_SAMPLES = 12
+INPROCESS_SAMPLES = 10
+BURST_EVENTS = 50
+FANOUT_DELAY = 0.5
+RETRY_SCALE = 0.5
+RETRY_FAILURES = 4
+HISTORY_EVENTS = 10_000
 
 
-def median_seconds(run: Callable[[], object], repeat: int) -> float:
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
-def start_simulator(port: str = "0") -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([BROADCASTS, "simulator", "--port", port], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    assert process.stdout is not None
-    for line in process.stdout:
-        if "listening on" in line:
-            return process, line.rsplit(" ", 1)[-1].strip()
-    raise RuntimeError("the simulator did not start")
+def main() -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    started = time.monotonic()
+    with running_stack() as (stack, exits):
+        os.environ.update(stack.app_environment())  # before anything reads settings or imports prefect
+        print(f"stack up in {time.monotonic() - started:.1f} s: Prefect {stack.api_url}, "
+              f"simulator {stack.simulator_url}", flush=True)
+        bench = measure.Bench(stack)
+        serve = stack.serve(exits)
+        print(f"serve up, webhook {stack.webhook_url}", flush=True)
+
+        for _ in range(2):  # warm-up alerts (first runs import code and open pools), not counted
+            bench.alert_latency()
+
+        with TreeMemory(serve.popen.pid) as memory:
+            latency = [bench.alert_latency(pause=random.uniform(0.2, 1.5)) for _ in range(LATENCY_SAMPLES)]
+        baseline = [bench.direct_fanout() for _ in range(LATENCY_SAMPLES)]
+        print(f"latency: {len(latency)} alerts, p50 {_p(latency, 50)} s, p95 {_p(latency, 95)} s, "
+              f"baseline p50 {_p(baseline, 50)} s, serve peak RSS {memory.peak_mib:.0f} MiB", flush=True)
+
+        bench.delay_all(FANOUT_DELAY)
+        fanout = [bench.alert_latency(pause=random.uniform(0.2, 1.5)) for _ in range(FANOUT_SAMPLES)]
+        fanout_baseline = [bench.direct_fanout() for _ in range(FANOUT_SAMPLES)]
+        bench.reset_simulator()
+        print(f"fan-out: p50 {_p(fanout, 50)} s, baseline p50 {_p(fanout_baseline, 50)} s", flush=True)
+
+        burst = bench.burst(BURST_EVENTS)
+        burst_baseline = bench.direct_burst(BURST_EVENTS * 4, parallel=4)
+        print(f"burst: {burst:.1f} s, baseline {burst_baseline:.1f} s, webhook timeouts re-posted: "
+              f"{bench.webhook_timeouts}", flush=True)
+
+        serve.stop()  # nothing else consumes faults or slots from here on
+
+        inprocess = bench.inprocess_latency(INPROCESS_SAMPLES)
+        print(f"in-process: p50 {_p(inprocess, 50)} s", flush=True)
+        gaps, planned = bench.retry_gaps(RETRY_SCALE, RETRY_FAILURES)
+        statements, statements_history = bench.statements_per_send(HISTORY_EVENTS)
+
+        result = {
+            "latency": {
+                "p50_s": _p(latency, 50), "p95_s": _p(latency, 95), "max_s": _round(max(latency)),
+                "baseline_p50_s": _p(baseline, 50), "inprocess_p50_s": _p(inprocess, 50),
+                "ratio_p50": _round(_p(latency, 50) / _p(baseline, 50), 2),
+            },
+            "fanout_500ms": {
+                "p50_s": _p(fanout, 50), "baseline_p50_s": _p(fanout_baseline, 50),
+                "ratio_p50": _round(_p(fanout, 50) / _p(fanout_baseline, 50), 2),
+            },
+            "burst": {"seconds": _round(burst), "baseline_seconds": _round(burst_baseline),
+                      "ratio": _round(burst / burst_baseline, 2)},
+            "retry_fidelity": {"max_relative_error": _round(
+                max(abs(g - p) / p for g, p in zip(gaps, planned, strict=True)), 4)},
+            "cost": {"statements_per_send": statements, "statements_per_send_10k_history": statements_history,
+                     "worker_peak_rss_mib": _round(memory.peak_mib, 1)},
+            "machine": {"cores": os.cpu_count(), "prefect": _prefect_version(), "postgresql": postgres_version()},
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        bench.close()
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print_table(result, gaps, planned, len(latency), len(fanout))
+    print(f"\nwritten to {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS}; "
+          f"total {time.monotonic() - started:.0f} s")
+    return 0
 
 
-def simulator_start() -> None:
-    process, _ = start_simulator()
-    process.terminate()
-    process.wait()
+def _prefect_version() -> str:
+    import prefect
+
+    return prefect.__version__
 
 
-def report(name: str, measured: float, baseline_name: str, baseline: float, note: str = "") -> None:
-    print(f"{name:<34} {measured * 1000:9.1f} ms   {baseline_name:<26} {baseline * 1000:8.1f} ms"
-          f"   ratio {measured / baseline:6.1f}x  {note}")
+def _round(value: float, digits: int = 3) -> float:
+    return round(value, digits)
 
 
-def main() -> None:
-    interpreter = median_seconds(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), 5)
-    startup = median_seconds(simulator_start, 5)
-    report("simulator start-up (median of 5)", startup, "python -c pass", interpreter,
-           "target < 3000 ms: " + ("met" if startup < 3 else "NOT MET"))
-
-    process, url = start_simulator()
-    try:
-        with tempfile.TemporaryDirectory() as directory:
-            os.environ.update(DATABASE_URL=f"sqlite:///{directory}/bench.db", CBC_PROXY_ENDPOINT_URL=url,
-                              AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
-            measure_send(url)
-    finally:
-        process.terminate()
-        process.wait()
+def _p(samples: list[float], percentile: int) -> float:
+    if percentile == 50:
+        return _round(statistics.median(samples))
+    return _round(statistics.quantiles(samples, n=100, method="inclusive")[percentile - 1])
 
 
-def measure_send(url: str) -> None:
-    from broadcasts.cbc_proxy import get_proxy
-    from broadcasts.db import get_engine, unit_of_work
-    from broadcasts.dispatch import send_to_provider
-    from broadcasts.events import create_event
-    from broadcasts.migrate import upgrade
-    from broadcasts.models import utcnow
-    from broadcasts.settings import get_settings
+def _mark(ok: bool) -> str:
+    return "met" if ok else "NOT MET"
 
-    settings = get_settings()
-    engine = get_engine(settings.database_url)
-    upgrade(engine)
-    proxy = get_proxy(settings)
-    square = [[51.5, -0.1], [51.6, -0.1], [51.6, 0.0]]
 
-    def new_event() -> uuid.UUID:
-        with unit_of_work(engine) as session:
-            return create_event(session, message_type="alert", now=utcnow(), body="Flood warning",
-                                polygons=[square], finishes_in=timedelta(hours=1)).broadcast_event_id
-
-    payload = {"message_type": "test", "identifier": str(uuid.uuid4()), "message_format": "cap"}
-    proxy.invoke("ee-1-proxy", payload)  # warm the connection
-    bare = median_seconds(lambda: proxy.invoke("ee-1-proxy", payload), 30)
-    events = [new_event() for _ in range(31)]
-    send_to_provider(engine, proxy, events.pop(), "ee", headline="h", enabled=["ee"])  # warm up
-    dispatch = median_seconds(lambda: send_to_provider(engine, proxy, events.pop(), "ee", headline="h", enabled=["ee"]), 30)
-    report("one provider send (domain, SQLite)", dispatch, "bare boto3 invoke", bare)
+def print_table(r: dict, gaps: list[float], planned: list[float], n_latency: int, n_fanout: int) -> None:
+    lat, fan, burst, retry, cost = r["latency"], r["fanout_500ms"], r["burst"], r["retry_fidelity"], r["cost"]
+    added = fan["p50_s"] - lat["p50_s"]
+    rows = [
+        (f"alert latency p50 (webhook 202 → 4th call, n={n_latency})", f"{lat['p50_s']:.3f} s",
+         f"direct 4 invokes {lat['baseline_p50_s']:.3f} s", f"{lat['ratio_p50']:.1f}x", "≤ 2.5 s", _mark(lat["p50_s"] <= 2.5)),
+        ("alert latency p95", f"{lat['p95_s']:.3f} s", "", "", "≤ 3.5 s", _mark(lat["p95_s"] <= 3.5)),
+        ("alert latency max", f"{lat['max_s']:.3f} s", "", "", "", ""),
+        ("flow in this process p50 (call → 4th call)", f"{lat['inprocess_p50_s']:.3f} s", "", "", "", ""),
+        (f"latency, proxies +0.5 s, p50 (n={n_fanout})", f"{fan['p50_s']:.3f} s",
+         f"direct 4 invokes {fan['baseline_p50_s']:.3f} s", f"{fan['ratio_p50']:.1f}x",
+         "adds ≤ 0.7 s", f"{_mark(added <= 0.7)} (+{added:.3f} s)"),
+        ("burst: 50 events → 200 acknowledged", f"{burst['seconds']:.1f} s",
+         f"200 invokes, 4 at a time {burst['baseline_seconds']:.1f} s", f"{burst['ratio']:.1f}x", "≤ 60 s",
+         _mark(burst["seconds"] <= 60)),
+        ("retry gaps vs plan (scale 0.5), max error", f"{retry['max_relative_error'] * 100:.1f} %",
+         "planned " + "/".join(f"{p:g}" for p in planned) + " s", "", "within 5 %",
+         _mark(retry["max_relative_error"] <= 0.05)),
+        ("statements per send (empty / 10k history)",
+         f"{cost['statements_per_send']} / {cost['statements_per_send_10k_history']}", "", "", "equal",
+         _mark(cost["statements_per_send"] == cost["statements_per_send_10k_history"])),
+        ("serve process tree peak RSS (latency run)", f"{cost['worker_peak_rss_mib']:.0f} MiB", "", "", "", ""),
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
+    header = ("measurement", "figure", "baseline", "ratio", "target", "")
+    print()
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    print("observed retry gaps: " + ", ".join(f"{g:.3f}" for g in gaps) + " s")
+    m = r["machine"]
+    print(f"machine: {m['cores']} cores, Prefect {m['prefect']}, PostgreSQL {m['postgresql']}, at {r['at']}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

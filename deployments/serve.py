@@ -73,8 +73,9 @@ def deployments() -> list[RunnerDeployment]:
         ),
         resume_dispatch.to_deployment(
             name=names.RESUME_FLOW, description=RESUME_DESCRIPTION,
+            # No concurrency limit: a run killed while starting would hold the slot for minutes,
+            # and two resumers at once are safe (their idempotency keys agree).
             interval=timedelta(seconds=settings.resume_interval_seconds),
-            concurrency_limit=1,
         ),
         link_tests.to_deployment(
             name=names.LINK_TESTS_FLOW, description=LINK_TESTS_DESCRIPTION, cron=settings.link_test_cron,

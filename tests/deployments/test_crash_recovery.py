@@ -35,31 +35,35 @@ from broadcasts.db import get_engine
 from broadcasts.migrate import upgrade
 from deployments import names, server
 from deployments.automations import MISSED_HEARTBEATS
-from deployments.serve import CLIENT_SETTINGS
+from deployments.bootstrap import bootstrap
+from deployments.serve import CLIENT_SETTINGS, client_settings
 from flows.resume_dispatch import resume_key
 from tests.conftest import _free_port, _wait_for_health, backend, throwaway_postgres_database
 from tests.deployments.serving import serving, start_run
 from tests.factories import make_alert
 from tests.flows.helpers import prefect_events, statuses
 
-pytestmark = pytest.mark.skipif(
-    backend() != "postgresql",
-    reason="a Prefect server of its own on PostgreSQL: this test runs in the PostgreSQL pass of `make test`",
-)
+pytestmark = [
+    pytest.mark.skipif(backend() != "postgresql", reason="a Prefect server of its own on PostgreSQL: this "
+                       "test runs in the PostgreSQL pass of `make test`"),
+    pytest.mark.timeout(480),  # a server and two `serve` starts, and a dead run's 90 s of silence
+]
 
 PROVIDERS = ["ee", "three", "o2", "vodafone"]
 HEARTBEAT_SECONDS = float(CLIENT_SETTINGS["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"])  # Prefect's minimum
-RESUME_INTERVAL_SECONDS = 5
+RESUME_INTERVAL_SECONDS = 10
 # The longest a dead run's event waits: its heartbeats' silence, the automation's evaluation, one
 # resume interval, the resumed run's start and its calls.
-RECOVERY_BOUND_SECONDS = MISSED_HEARTBEATS * HEARTBEAT_SECONDS + RESUME_INTERVAL_SECONDS + 30
+RECOVERY_BOUND_SECONDS = MISSED_HEARTBEATS * HEARTBEAT_SECONDS + RESUME_INTERVAL_SECONDS + 45
 HANG_SECONDS = 60  # the first call to each primary proxy: far longer than the test lets it run
 
 
 @pytest.fixture(scope="module")
-def scheduling_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def scheduling_server(environment: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Prefect server started as `broadcasts server` starts it, with its scheduler, on a
-    PostgreSQL database of its own; this module's clients and `serve` processes use it."""
+    PostgreSQL database of its own; this module's clients and `serve` processes use it. It is
+    bootstrapped at once, as a production server long has been when a process dies: a run that
+    starts within seconds of its automation's creation may beat the server loading it."""
     with throwaway_postgres_database("prefect_recovery") as url:
         home = tmp_path_factory.mktemp("prefect-recovery")
         log = home / "server.log"
@@ -79,6 +83,8 @@ def scheduling_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
             _wait_for_health(api, process, log)
             os.environ["PREFECT_API_URL"] = api
             with temporary_settings(updates={PREFECT_API_URL: api}):
+                with client_settings():
+                    bootstrap(environment["ENABLED_CBCS"].split(","))
                 yield api
         finally:
             if saved is None:
@@ -117,10 +123,13 @@ def test_serve_killed_mid_send_and_restarted_finishes_every_network_with_its_fir
 
     with serving() as served:
         run_id = start_run(event_id)
-        wait_until(lambda: len(sim.invocations()) >= len(PROVIDERS), 60, "the four proxy calls", served.text)
+        wait_until(lambda: len(sim.invocations()) >= len(PROVIDERS), 120, "the four proxy calls", served.text)
         hanging = sim.invocations()
         assert sorted(c["function"] for c in hanging) == sorted(primaries), hanging  # the primaries, once each
         first = {primaries[c["function"]]: sent_as(c) for c in hanging}
+        # The worst moment: resume-dispatch itself claimed by this process and not yet running,
+        # so it has sent no heartbeat. Any moment within the calls' read timeout will do.
+        caught = wait_for(lambda: resume_runs_in("PENDING"), 20)
         group = descendants(served.process.pid)
         killed_at = utcnow()
         os.killpg(served.process.pid, signal.SIGKILL)
@@ -133,7 +142,8 @@ def test_serve_killed_mid_send_and_restarted_finishes_every_network_with_its_fir
         assert alive == [], f"still running after SIGKILL: {alive}"
         assert outside == [], f"processes outside serve's process group: {outside}"
         assert {s.status for s in statuses(db, event_id).values()} == {"sending"}
-    print(f"\nserve killed mid-call with {len(group)} process(es) under it (flow runs included)")
+    print(f"\nserve killed mid-call with {len(group)} process(es) under it (flow runs included), "
+          f"{'with' if caught else 'without'} a resume-dispatch run starting")
 
     def heartbeat_sent() -> bool:  # the first one goes out as the run starts
         return any(e["resource"]["prefect.resource.id"] == f"prefect.flow-run.{run_id}"
@@ -143,7 +153,7 @@ def test_serve_killed_mid_send_and_restarted_finishes_every_network_with_its_fir
                "automation never fires)", lambda: runs_summary(began))
 
     with serving() as served:
-        wait_until(lambda: all_acknowledged(db, event_id), RECOVERY_BOUND_SECONDS + 30,
+        wait_until(lambda: all_acknowledged(db, event_id), 240,
                    "every network to acknowledge", lambda: served.text()[-3000:] + runs_summary(began))
 
     calls = sim.invocations()
@@ -187,6 +197,22 @@ def runs_summary(since: datetime) -> str:
                f"heartbeats {beats[f'prefect.flow-run.{r.id}']}"
                for r in runs if r.state_name in ("Submitting", "Pending", "Running", "Crashed")]
     return "\nflow runs: " + ", ".join(f"{n} {line}" for line, n in sorted(lines.items())) + "\n" + "\n".join(stalled)
+
+
+def resume_runs_in(state_type: str) -> bool:
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(f"{names.RESUME_FLOW}/{names.RESUME_FLOW}")
+        return any(r.state_type is not None and r.state_type.value == state_type for r in client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id]))))
+
+
+def wait_for(condition, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def sent_as(call: dict) -> tuple[str, str | None]:

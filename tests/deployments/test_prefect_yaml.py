@@ -53,9 +53,9 @@ def test_the_event_created_trigger_is_the_same_in_both_places():
     assert declared["parameters"] == served.parameters
 
 
-def test_resume_dispatch_runs_every_interval_one_at_a_time_in_both_places():
+def test_resume_dispatch_runs_every_interval_with_no_slot_to_leak_in_both_places():
     (declared,) = [d for d in project()["deployments"] if d["name"] == names.RESUME_FLOW]
     (served,) = [d for d in deployments() if d.name == names.RESUME_FLOW]
     assert declared["schedules"] == [{"interval": Settings.model_fields["resume_interval_seconds"].default}]
     assert [s.schedule.interval.total_seconds() for s in served.schedules] == [get_settings().resume_interval_seconds]
-    assert declared["concurrency_limit"] == served.concurrency_limit == 1
+    assert "concurrency_limit" not in declared and served.concurrency_limit is None
