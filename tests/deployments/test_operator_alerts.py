@@ -60,7 +60,7 @@ def wait_for(received: list[dict], text: str, timeout: float = 60) -> dict:
 def test_without_a_notification_block_bootstrap_says_alerts_are_off():
     steps = [str(s) for s in bootstrap(PROVIDERS)]
     assert any("operator alerts are off: set ALERT_NOTIFICATION_BLOCK" in s for s in steps)
-    assert any(s.endswith(f"automation '{PREFIX}mark runs without heartbeats crashed'") for s in steps)
+    assert any(f"automation '{PREFIX}mark runs without heartbeats crashed'" in s for s in steps)
 
 
 def test_a_blocked_event_and_its_failed_run_page_the_operator_with_what_to_do(configure, engine, sim, receiver):
