@@ -9,7 +9,6 @@ import base64
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,7 +16,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +24,8 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 from deployments import server as prefect_server
+# The test suite's helpers for throwaway databases and free ports (dev extra, as `make bench` installs).
+from tests.conftest import _free_port, throwaway_postgres_database
 
 ROOT = Path(__file__).resolve().parents[1]
 BROADCASTS = str(Path(sys.executable).parent / "broadcasts")
@@ -34,27 +34,6 @@ POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0
 
 class StackError(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def throwaway_database(prefix: str) -> Iterator[str]:
-    admin = create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg2://", 1),
-                          isolation_level="AUTOCOMMIT")
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def postgres_version() -> str:
@@ -143,7 +122,7 @@ class Stack:
         }
 
     def serve(self, stack: ExitStack) -> Process:
-        port = free_port()
+        port = _free_port()
         env = {**clean_environ(), **self.app_environment()}
         process = self.start(stack, "serve", [BROADCASTS, "serve", "--webhook-port", str(port)], env)
         process.wait_for_line("serving:", 180)
@@ -181,13 +160,13 @@ def running_stack() -> Iterator[tuple[Stack, ExitStack]]:
     """Databases, Prefect server, simulator and schema; `Stack.serve` starts the service."""
     with ExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="broadcasts-bench-")))
-        app_url = stack.enter_context(throwaway_database("broadcasts_bench"))
-        prefect_url = stack.enter_context(throwaway_database("prefect_bench"))
+        app_url = stack.enter_context(throwaway_postgres_database("broadcasts_bench", POSTGRES_URL))
+        prefect_url = stack.enter_context(throwaway_postgres_database("prefect_bench", POSTGRES_URL))
         s = Stack(directory, app_url, prefect_url, auth_string=f"operator:{secrets.token_urlsafe(24)}",
                   webhook_secret=secrets.token_urlsafe(48))
         (directory / "prefect-home").mkdir()
 
-        port = free_port()
+        port = _free_port()
         server_env = prefect_server.server_environment({
             **clean_environ(),
             "PREFECT_HOME": str(directory / "prefect-home"),

@@ -95,9 +95,10 @@ def postgres_server_url() -> str:
 
 
 @contextmanager
-def throwaway_postgres_database(prefix: str) -> Iterator[str]:
-    """A fresh database on the test PostgreSQL server, dropped afterwards; yields its URL."""
-    server_url = postgres_server_url()
+def throwaway_postgres_database(prefix: str, server_url: str | None = None) -> Iterator[str]:
+    """A fresh database on `server_url` (default: the test PostgreSQL server), dropped afterwards;
+    yields its URL. The benchmarks use it too."""
+    server_url = server_url or postgres_server_url()
     admin = create_engine(driver_url(server_url), isolation_level="AUTOCOMMIT")
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with admin.connect() as connection:

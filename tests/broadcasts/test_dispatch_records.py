@@ -113,14 +113,20 @@ def test_an_unexpected_error_in_the_checks_is_recorded_before_any_call(environme
 # --- waits and refusals are visible ----------------------------------------------------------
 
 
-def test_a_wait_is_recorded_once_per_earlier_event_not_once_per_retry(environment, engine, sim):
+def update_behind_a_failing_alert(engine, sim):  # type: ignore[no-untyped-def]
+    """(alert, update) of one broadcast: the alert's first attempt failed on ee, so the update
+    must wait for it there."""
     service_id = make_service(engine)
     message_id = make_message(engine, service_id)
     alert = make_event(engine, service_id, message_id)
     fail_both_routes(sim)
     with pytest.raises(AllRoutesFailed):
         send(engine, alert)
-    update_id = make_event(engine, service_id, message_id, message_type="update")
+    return alert, make_event(engine, service_id, message_id, message_type="update")
+
+
+def test_a_wait_is_recorded_once_per_earlier_event_not_once_per_retry(environment, engine, sim):
+    alert, update_id = update_behind_a_failing_alert(engine, sim)
     for _ in range(3):
         with pytest.raises(EarlierEventPending):
             send(engine, update_id)
@@ -240,13 +246,7 @@ def test_expiry_is_not_recorded_over_another_runs_call_in_flight(environment, en
 
 
 def test_a_replay_of_an_event_that_expired_before_any_attempt_says_expired(environment, engine, sim):
-    service_id = make_service(engine)
-    message_id = make_message(engine, service_id)
-    alert = make_event(engine, service_id, message_id)
-    fail_both_routes(sim)
-    with pytest.raises(AllRoutesFailed):
-        send(engine, alert)
-    update_id = make_event(engine, service_id, message_id, message_type="update")
+    _, update_id = update_behind_a_failing_alert(engine, sim)
     with pytest.raises(EarlierEventPending):  # created and waiting; never attempted
         send(engine, update_id)
     set_event(engine, update_id, transmitted_finishes_at=utcnow() - timedelta(seconds=1))
