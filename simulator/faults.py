@@ -7,6 +7,7 @@ A test registers a fault with `POST /_simulator/faults`:
      "function_error": "boom",          # answer 200 + X-Amz-Function-Error (errorMessage "boom")
      "error_type": "SimulatedFunctionError",   # optional errorType for function_error
      "delay_seconds": 1.5,              # wait this long first, then answer (with the fault if any)
+     "answer_delay_seconds": 60,        # take the message at once (recorded "ok"), answer this late
      "hang": true,                      # never answer until POST /_simulator/reset
      "times": 2}                        # for the next 2 calls; absent means every call
 
@@ -15,7 +16,8 @@ call arrives, so the first registered is consumed first. A fault without `times`
 so anything queued behind it never applies until a reset.
 
 Delays and hangs are asyncio waits, never blocking sleeps, so the server keeps answering other
-calls meanwhile. A hang waits on an asyncio.Event that `reset` sets, which releases every held
+calls meanwhile. `answer_delay_seconds` is the network having the message while the dispatcher has no ACK yet:
+what a dispatcher killed then must survive (it sends again, with the same identifier). A hang waits on an asyncio.Event that `reset` sets, which releases every held
 call at once.
 """
 
@@ -38,6 +40,7 @@ class Fault:
     function_error: str | None = None
     error_type: str = DEFAULT_ERROR_TYPE
     delay_seconds: float = 0.0
+    answer_delay_seconds: float = 0.0
     hang: bool = False
     times: int | None = None  # None: every call until reset
 
@@ -82,9 +85,10 @@ def _option_problems(options: dict[str, Any]) -> list[str]:
     for key in ("function_error", "error_type"):
         if key in options and not (isinstance(options[key], str) and options[key]):
             reasons.append(f"{key}: expected a non-empty string, got {options[key]!r}")
-    delay = options.get("delay_seconds", 0.0)
-    if not (_is_number(delay) and 0 <= delay <= MAX_DELAY_SECONDS):
-        reasons.append(f"delay_seconds: expected 0 to {MAX_DELAY_SECONDS:g}, got {delay!r}")
+    for key in ("delay_seconds", "answer_delay_seconds"):
+        value = options.get(key, 0.0)
+        if not (_is_number(value) and 0 <= value <= MAX_DELAY_SECONDS):
+            reasons.append(f"{key}: expected 0 to {MAX_DELAY_SECONDS:g}, got {value!r}")
     if not isinstance(options.get("hang", False), bool):
         reasons.append(f"hang: expected true or false, got {options['hang']!r}")
     times = options.get("times")
@@ -98,11 +102,16 @@ def _option_problems(options: dict[str, Any]) -> list[str]:
         reasons.append("http_status and function_error: choose one way to fail")
     if "error_type" in options and not answers == ["function_error"]:
         reasons.append("error_type: only meaningful with function_error")
-    if options.get("hang") and (answers or delay):
+    delay = options.get("delay_seconds", 0.0)
+    answer_delay = options.get("answer_delay_seconds", 0.0)
+    if options.get("hang") and (answers or delay or answer_delay):
         reasons.append("hang: never answers, so it cannot be combined with another effect")
-    if not (answers or delay or options.get("hang")):
+    if answer_delay and answers:
+        reasons.append("answer_delay_seconds: delays a successful answer, so it cannot be combined with a failure")
+    if not (answers or delay or answer_delay or options.get("hang")):
         reasons.append(
-            "fault has no effect: give http_status, function_error, delay_seconds or hang"
+            "fault has no effect: give http_status, function_error, delay_seconds, "
+            "answer_delay_seconds or hang"
         )
     return reasons
 

@@ -79,6 +79,8 @@ async def handle_invocation(
     except ValueError as error:  # includes CapSchemaError and lxml's bad-character errors
         return _function_error(state, record, str(error), "RenderError")
     state.invocations.answer(record, "ok", 200, xml=xml)
+    if fault is not None and fault.answer_delay_seconds:
+        await asyncio.sleep(fault.answer_delay_seconds)
     identifier = payload.get("identifier") if isinstance(payload, dict) else None
     return responses.success({"status": "ok", "function": function.name, "identifier": identifier})
 

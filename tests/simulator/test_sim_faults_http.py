@@ -90,6 +90,20 @@ def test_delay_adds_latency_then_answers_normally(sim, lambda_client, make_paylo
     assert sim.invocations()[0]["outcome"] == "ok"
 
 
+def test_answer_delay_takes_the_message_at_once_and_answers_late(sim, lambda_client, make_payload):
+    sim.fault("three-2-proxy", answer_delay_seconds=1, times=1)
+    answered = threading.Event()
+    threading.Thread(target=lambda: (invoke(lambda_client, "three-2-proxy", make_payload()), answered.set()),
+                     daemon=True).start()
+    deadline = time.monotonic() + 0.8
+    while not sim.invocations() or sim.invocations()[0]["outcome"] == "pending":
+        assert time.monotonic() < deadline, sim.invocations()
+        time.sleep(0.02)
+    assert sim.invocations()[0]["outcome"] == "ok"  # the network has it...
+    assert not answered.is_set()  # ...and the caller has no answer yet
+    assert answered.wait(5)
+
+
 def test_delay_then_fault_answers_late_with_the_fault(sim, lambda_client, make_payload):
     sim.fault("three-2-proxy", delay_seconds=0.3, http_status=429, times=1)
     started = time.monotonic()
