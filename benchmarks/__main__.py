@@ -9,10 +9,12 @@ the same run, with its target, and written to benchmarks/results/latest.json:
 - latency: an alert posted to the webhook (202) until the simulator receives the 4th provider
   call; baseline: the same 4 proxy invokes issued directly in 4 threads; also the flow called in
   this process against the same Prefect server.
-- fanout_500ms: the same, with every proxy answering 0.5 s late.
+- fanout_500ms: the same, with every proxy answering 0.5 s late, until the 4th answer; what it adds
+  to the latency is one proxy's 0.5 s when the fan-out is parallel, 2 s when it is not.
 - burst: 50 events posted at once until all 200 provider messages are acknowledged; baseline:
   200 direct invokes, 4 at a time.
-- retry_fidelity: the gaps between a failing provider's attempts against the planned schedule.
+- retry_fidelity: the waits between a failing provider's attempts (an attempt's last answer to the
+  next attempt's first call) against the planned schedule.
 - cost: database statements per provider send (empty and 10,000-event history) and the peak
   resident memory of the `serve` process tree during the latency run.
 
@@ -41,7 +43,7 @@ FANOUT_SAMPLES = 12
 INPROCESS_SAMPLES = 10
 BURST_EVENTS = 50
 FANOUT_DELAY = 0.5
-RETRY_SCALE = 0.5
+RETRY_SCALE = 1.0  # production's schedule: 1, 2, 4, 8 s
 RETRY_FAILURES = 4
 HISTORY_EVENTS = 10_000
 
@@ -72,8 +74,8 @@ def main() -> int:
               f"baseline p50 {_p(baseline, 50)} s, serve peak RSS {memory.peak_mib:.0f} MiB", flush=True)
 
         bench.delay_all(FANOUT_DELAY)
-        fanout = [bench.alert_latency(pause=random.uniform(0.2, 1.5)) for _ in range(FANOUT_SAMPLES)]
-        fanout_baseline = [bench.direct_fanout() for _ in range(FANOUT_SAMPLES)]
+        fanout = [bench.alert_latency(pause=random.uniform(0.2, 1.5), answered=True) for _ in range(FANOUT_SAMPLES)]
+        fanout_baseline = [bench.direct_fanout(answered=True) for _ in range(FANOUT_SAMPLES)]
         bench.reset_simulator()
         print(f"fan-out: p50 {_p(fanout, 50)} s, baseline p50 {_p(fanout_baseline, 50)} s", flush=True)
 
@@ -146,13 +148,13 @@ def print_table(r: dict, gaps: list[float], planned: list[float], n_latency: int
         ("alert latency p95", f"{lat['p95_s']:.3f} s", "", "", "≤ 3.5 s", _mark(lat["p95_s"] <= 3.5)),
         ("alert latency max", f"{lat['max_s']:.3f} s", "", "", "", ""),
         ("flow in this process p50 (call → 4th call)", f"{lat['inprocess_p50_s']:.3f} s", "", "", "", ""),
-        (f"latency, proxies +0.5 s, p50 (n={n_fanout})", f"{fan['p50_s']:.3f} s",
+        (f"latency to the 4th answer, proxies +0.5 s, p50 (n={n_fanout})", f"{fan['p50_s']:.3f} s",
          f"direct 4 invokes {fan['baseline_p50_s']:.3f} s", f"{fan['ratio_p50']:.1f}x",
          "adds ≤ 0.7 s", f"{_mark(added <= 0.7)} (+{added:.3f} s)"),
         ("burst: 50 events → 200 acknowledged", f"{burst['seconds']:.1f} s",
          f"200 invokes, 4 at a time {burst['baseline_seconds']:.1f} s", f"{burst['ratio']:.1f}x", "≤ 60 s",
          _mark(burst["seconds"] <= 60)),
-        ("retry gaps vs plan (scale 0.5), max error", f"{retry['max_relative_error'] * 100:.1f} %",
+        ("retry waits vs plan, max error", f"{retry['max_relative_error'] * 100:.1f} %",
          "planned " + "/".join(f"{p:g}" for p in planned) + " s", "", "within 5 %",
          _mark(retry["max_relative_error"] <= 0.05)),
         ("statements per send (empty / 10k history)",
@@ -166,7 +168,7 @@ def print_table(r: dict, gaps: list[float], planned: list[float], n_latency: int
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-    print("observed retry gaps: " + ", ".join(f"{g:.3f}" for g in gaps) + " s")
+    print("observed retry waits: " + ", ".join(f"{g:.3f}" for g in gaps) + " s")
     m = r["machine"]
     print(f"machine: {m['cores']} cores, Prefect {m['prefect']}, PostgreSQL {m['postgresql']}, at {r['at']}")
 

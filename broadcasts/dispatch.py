@@ -300,33 +300,35 @@ def _attempt(
             if message.status == TECHNICAL_FAILURE:  # an operator's replay
                 dao.append_status(session, message, SENDING, detail={"reason": "replayed"})
         outcome: Delivered | AllRoutesFailed | None = None  # None: expired before the call
+        # The outcome is recorded before the slot is given back: the next send to this network
+        # (often the next event of the same broadcast) then finds this one acknowledged.
         with provider_slot() as slot_note:
             if not _has_expired(ready, now()):  # waiting for the slot can take a while
                 try:
                     outcome = proxy.send(provider, ready.payload, deadline=ready.expires_at)
                 except AllRoutesFailed as error:
                     outcome = error
-        extra = {"slot_stuck": slot_note} if slot_note else {}
-        with unit_of_work(engine) as session:
-            message = session.get_one(BroadcastProviderMessage, ready.message_id)
-            if isinstance(outcome, Delivered):
-                failures = [f.as_dict() for f in outcome.failures]
-                detail = {**extra, **({"failed_routes": failures} if failures else {})}
-                dao.append_status(session, message, RETURNED_ACK, route=outcome.function, attempt=attempt,
-                                  detail=detail or None)
-                return _ack(message, outcome.function, sent_now=True)
-            detail: dict[str, Any] = dict(extra)
-            if outcome is not None:
-                detail |= {"error": str(outcome), "failed_routes": outcome.failures}
-            error: DispatchError | None = outcome
-            if _has_expired(ready, now()):
-                assert ready.expires_at is not None
-                error = EventExpired(message.broadcast_event_id, ready.expires_at, while_retrying=True)
-                detail["error"] = f"{error}; last attempt: {outcome}" if outcome else str(error)
-                dao.append_status(session, message, TECHNICAL_FAILURE,
-                                  attempt=attempt if outcome else None, detail=detail)
-            else:
-                dao.append_status(session, message, RETURNED_ERROR, attempt=attempt, detail=detail)
+            extra = {"slot_stuck": slot_note} if slot_note else {}
+            with unit_of_work(engine) as session:
+                message = session.get_one(BroadcastProviderMessage, ready.message_id)
+                if isinstance(outcome, Delivered):
+                    failures = [f.as_dict() for f in outcome.failures]
+                    detail = {**extra, **({"failed_routes": failures} if failures else {})}
+                    dao.append_status(session, message, RETURNED_ACK, route=outcome.function, attempt=attempt,
+                                      detail=detail or None)
+                    return _ack(message, outcome.function, sent_now=True)
+                detail: dict[str, Any] = dict(extra)
+                if outcome is not None:
+                    detail |= {"error": str(outcome), "failed_routes": outcome.failures}
+                error: DispatchError | None = outcome
+                if _has_expired(ready, now()):
+                    assert ready.expires_at is not None
+                    error = EventExpired(message.broadcast_event_id, ready.expires_at, while_retrying=True)
+                    detail["error"] = f"{error}; last attempt: {outcome}" if outcome else str(error)
+                    dao.append_status(session, message, TECHNICAL_FAILURE,
+                                      attempt=attempt if outcome else None, detail=detail)
+                else:
+                    dao.append_status(session, message, RETURNED_ERROR, attempt=attempt, detail=detail)
     assert error is not None
     raise error
 

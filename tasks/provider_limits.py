@@ -4,9 +4,11 @@ Limit 1 stops two sends to one network overlapping. It is not an ordering tool (
 served in order; ordering is docs/behaviour.md §4 rule 5) and it is held only while the proxy is called, never
 while a retry waits, or one failing alert would hold back every other alert for that network.
 
-The slot is taken and released with the lease endpoints directly, on this thread's own client:
-Prefect's `concurrency()` helper shares an event loop across flow runs in one process, and two
-flow runs finishing together were seen to leave a slot occupied for good.
+The slot is taken and released with the lease endpoints directly, on a synchronous client kept
+for the process: Prefect's `concurrency()` helper shares an event loop across flow runs in one
+process, and two flow runs finishing together were seen to leave a slot occupied for good; and a
+new client per send cost a connection and about 40 ms before every proxy call. The release runs
+in a thread of its own, so the send's result does not wait for it.
 
 A slot must never keep an alert from a network. The wait for it is longer than any live holder
 can hold it (the caller sets it: both routes timing out, plus a margin), so a slot still taken
@@ -33,6 +35,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.events import emit_event
 from prefect.exceptions import MissingContextError, ObjectAlreadyExists, ObjectNotFound
 from prefect.logging import get_run_logger
+from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL
 
 from broadcasts.settings import Settings
 
@@ -45,6 +48,8 @@ SLOT_STUCK_EVENT = "broadcast.provider.slot-stuck"
 logger = logging.getLogger(__name__)
 _ensured: set[str] = set()
 _ensured_lock = threading.Lock()
+_clients: dict[tuple[object, ...], SyncPrefectClient] = {}
+_clients_lock = threading.Lock()
 
 
 def slot_wait_seconds(settings: Settings) -> float:
@@ -80,24 +85,40 @@ def provider_slot(provider: str, timeout_seconds: float) -> Iterator[str | None]
     """Holds the provider's slot (renewing its lease) for the body of the `with` and yields None;
     or, when the slot stayed taken for `timeout_seconds`, yields why the body runs without it."""
     name = limit_name(provider)
-    with get_client(sync_client=True) as client:
-        lease_id = _acquire(client, provider, name, timeout_seconds)
-        if lease_id is None:
-            yield _report_stuck(client, provider, name, timeout_seconds)
-            return
-        released = threading.Event()
-        renewer = threading.Thread(target=_renew, args=(client, lease_id, released), daemon=True)
-        renewer.start()
-        try:
-            yield None
-        finally:
-            released.set()
-            renewer.join()
-            try:
-                client.release_concurrency_slots_with_lease(lease_id)
-            except Exception:  # the send's outcome matters more; the lease expires on its own
-                logger.warning("could not release %s lease %s; it expires in %s s", name, lease_id,
-                               LEASE_SECONDS, exc_info=True)
+    client = _client()
+    lease_id = _acquire(client, provider, name, timeout_seconds)
+    if lease_id is None:
+        yield _report_stuck(client, provider, name, timeout_seconds)
+        return
+    released = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(client, lease_id, released), daemon=True)
+    renewer.start()
+    try:
+        yield None
+    finally:
+        released.set()
+        # Not a daemon: a process that ends right after its send still gives the slot back.
+        threading.Thread(target=_release, args=(client, name, lease_id, renewer), name=f"release {name}").start()
+
+
+def _client() -> SyncPrefectClient:
+    """The process's client for the current API (tests and the CLI switch servers)."""
+    key = (PREFECT_API_URL.value(), PREFECT_API_KEY.value(), PREFECT_API_AUTH_STRING.value())
+    with _clients_lock:
+        if key not in _clients:
+            client = get_client(sync_client=True)
+            client.__enter__()  # open for the life of the process
+            _clients[key] = client
+        return _clients[key]
+
+
+def _release(client: SyncPrefectClient, name: str, lease_id: uuid.UUID, renewer: threading.Thread) -> None:
+    renewer.join()
+    try:
+        client.release_concurrency_slots_with_lease(lease_id)
+    except Exception:  # the send's outcome matters more; the lease expires on its own
+        logger.warning("could not release %s lease %s; it expires in %s s", name, lease_id, LEASE_SECONDS,
+                       exc_info=True)
 
 
 def _acquire(client: SyncPrefectClient, provider: str, name: str, timeout_seconds: float) -> uuid.UUID | None:

@@ -310,3 +310,25 @@ def test_a_slot_wait_that_outlasts_expiry_ends_expired_with_no_call(environment,
     assert sim.invocations() == []
     assert ee.status == "technical-failure" and ee.history[-1].attempt is None
     assert uuid.UUID(str(ee.identifier))
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["acknowledged", "failed"])
+def test_the_outcome_is_recorded_before_the_provider_slot_is_given_back(environment, engine, sim, fails):
+    """The next send to the network waits for the slot; it must then find this one finished, or
+    a later event of the broadcast would wait a retry for an ACK already received."""
+    _, _, event_id = make_alert(engine)
+    if fails:
+        fail_both_routes(sim)
+    seen_at_release = []
+
+    @contextmanager
+    def slot():  # type: ignore[no-untyped-def]
+        yield None
+        seen_at_release.append(statuses(engine, event_id)["ee"].status)
+
+    if fails:
+        with pytest.raises(AllRoutesFailed):
+            send(engine, event_id, provider_slot=slot)
+    else:
+        send(engine, event_id, provider_slot=slot)
+    assert seen_at_release == ["returned-error" if fails else "returned-ack"]
