@@ -23,7 +23,7 @@ from broadcasts.validation import parse_duration, parse_polygon, parse_uuid
 
 # The order an operator meets the commands in; typer would list single commands before groups.
 OPERATOR_ORDER = ("db", "event", "send-event", "status", "replay", "trigger", "link-test", "server",
-                  "bootstrap", "serve", "webhook", "simulator")
+                  "bootstrap", "serve", "dispatcher", "webhook", "simulator")
 
 
 def reflow(text: str | None) -> str | None:
@@ -403,8 +403,9 @@ def serve_command(
     webhook_host: Annotated[str, typer.Option(help="Interface the webhook listens on.")] = "127.0.0.1",
     webhook_port: Annotated[int, typer.Option(help="Port the webhook listens on.", min=1, max=65535)] = 8000,
 ) -> None:
-    """Run the service on this machine: bootstrap, then the webhook and every deployment served from
-    this process against PREFECT_API_URL, until SIGTERM or Ctrl-C."""
+    """Run the service on this machine against PREFECT_API_URL: bootstrap, the webhook, alert runs
+    started in this process as soon as they are created (see `dispatcher`), and resume and link
+    tests on their schedules, until SIGTERM or Ctrl-C."""
     from deployments import service
 
     require_prefect_api()
@@ -413,6 +414,39 @@ def serve_command(
         require_webhook_secret(config)
     with prefect_errors():
         service.run(config, webhook=(webhook_host, webhook_port) if webhook else None, echo=typer.echo)
+
+
+@app.command("dispatcher")
+def dispatcher_command(
+    max_runs: Annotated[int | None, typer.Option(
+        help="Runs at once (default: as many as the database connection pool can serve).", min=1)] = None,
+) -> None:
+    """Run alert runs in this process as soon as they are created, and nothing else (`serve` does
+    this too); add one on another machine for capacity: each run is claimed by one process only.
+
+    SIGTERM or Ctrl-C: takes no more runs and finishes those under way; a second signal ends it
+    at once (its runs are then recovered as after a crash)."""
+    import threading
+
+    from deployments.dispatcher import ALERT_FLOWS, dispatching
+
+    require_prefect_api()
+    settings()
+    engine()  # the runs write there: a missing schema is one line, before any run is taken
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        # Draining lasts as long as a run retrying a failing network: a second signal ends at once.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    with prefect_errors(), dispatching(max_runs) as dispatcher:
+        typer.echo(f"dispatching: {', '.join(ALERT_FLOWS)} (up to {dispatcher.max_runs} runs at once)")
+        while not stop.wait(1):
+            pass
 
 
 @app.command("server")

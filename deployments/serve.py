@@ -1,8 +1,13 @@
 """The deployments, and `broadcasts serve`: every deployment served from one process.
 
+The alert deployments (send-broadcast-event, send-provider-message) are registered here but run by
+the warm dispatcher in this process (deployments/dispatcher.py), the moment a run is created; the
+Runner serves resume-dispatch and link-tests on their schedules, each run in a fresh process.
+
 The same deployments are in `prefect.yaml` for `prefect deploy --all` and workers on the pool
-`broadcasts`; a test checks the two agree. With several machines, run workers (or `serve`) on
-each: the per-provider limit and the per-message database lock already make that safe.
+`broadcasts`; a test checks the two agree. With several machines, run workers (or `serve`, or
+`dispatcher`) on each: the claim, the per-provider limit and the per-message database lock
+already make that safe.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ CLIENT_SETTINGS = {
     # Runs send heartbeats, so the zombie-run automation can tell a dead run from a slow one.
     "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
 }
+
+
+# Run by the dispatcher, not polled by the Runner (their deployment names, as in `deployments()`).
+ALERT_DEPLOYMENTS = (names.SEND_EVENT_FLOW, names.SEND_PROVIDER_FLOW)
 
 
 def event_created_trigger() -> DeploymentEventTrigger:
@@ -102,22 +111,42 @@ def client_settings() -> Iterator[dict[str, str]]:
         yield chosen
 
 
+def register_alert_deployments() -> None:
+    """Registers (or updates) the alert deployments, which the dispatcher runs."""
+    for deployment in deployments():
+        if deployment.name in ALERT_DEPLOYMENTS:
+            deployment.apply()
+
+
 def serve_all(on_ready: Callable[[list[str]], object] = lambda served: None, limit: int | None = None) -> None:
-    """Serves every deployment until SIGTERM or SIGINT. `on_ready` gets the deployment names once
-    they are registered, before the first poll. (What `prefect.serve` does, with that hook.)"""
+    """Serves every deployment until SIGTERM or SIGINT, the alert ones through the dispatcher.
+    `on_ready` gets the deployment names once they are registered and the dispatcher listens,
+    before the Runner's first poll. On a signal the Runner stops first, then the dispatcher drains
+    the alert runs it started."""
     import asyncio
+    import signal
 
     from prefect.exceptions import TerminationSignal
     from prefect.runner import Runner
+
+    from deployments.dispatcher import dispatching
 
     with client_settings():
         runner = Runner(limit=limit)
         served = []
         for deployment in deployments():
-            runner.add_deployment(deployment)  # registers it with the server now
+            if deployment.name in ALERT_DEPLOYMENTS:
+                deployment.apply()  # registered for the webhook, the trigger and the UI
+            else:
+                runner.add_deployment(deployment)  # registers it with the server now
             served.append(f"{deployment.flow_name}/{deployment.name}")
-        on_ready(served)
-        try:
-            asyncio.run(runner.start())
-        except (KeyboardInterrupt, TerminationSignal):
-            pass
+        with dispatching():
+            on_ready(served)
+            try:
+                asyncio.run(runner.start())
+            except (KeyboardInterrupt, TerminationSignal):
+                pass
+            # The dispatcher now drains, which lasts as long as a run retrying a failing network:
+            # a second signal ends the process at once (its runs are recovered as after a crash).
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -15,7 +15,7 @@ from tests.conftest import PROJECT_ROOT
 BROADCASTS = str(Path(sys.executable).with_name("broadcasts"))
 # Day to day first, then standing the service up, then the test double.
 OPERATOR_ORDER = ["db", "event", "send-event", "status", "replay", "trigger", "link-test", "server", "bootstrap",
-                  "serve", "webhook", "simulator"]
+                  "serve", "dispatcher", "webhook", "simulator"]
 HELP_PAGES = [[], ["db", "upgrade"], ["event", "create"], *([name] for name in OPERATOR_ORDER[2:])]
 
 
