@@ -26,6 +26,9 @@ def get_engine(url: str) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
+    # A send holds a connection through its proxy call (the per-message lock) only while it holds
+    # its network's slot, so a process needs about two per network at once plus short reads,
+    # however many runs it has (deployments/dispatcher.py runs up to 64).
     return create_engine(driver_url(url), pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 

@@ -289,20 +289,22 @@ def _attempt(
     provider_slot: ProviderSlot,
     now: Callable[[], datetime],
 ) -> SendResult:
-    with send_lock.exclusive(engine, ready.message_id) as held:
-        if not held:
-            raise SendInProgress(ready.event_id, provider.name)
-        with unit_of_work(engine) as session:
-            message = session.get_one(BroadcastProviderMessage, ready.message_id)
-            if guards.is_acknowledged(message):  # another run finished while we prepared
-                return _ack(message, None, sent_now=False)
-            attempt = dao.attempts_so_far(session, message.id) + 1
-            if message.status == TECHNICAL_FAILURE:  # an operator's replay
-                dao.append_status(session, message, SENDING, detail={"reason": "replayed"})
-        outcome: Delivered | AllRoutesFailed | None = None  # None: expired before the call
-        # The outcome is recorded before the slot is given back: the next send to this network
-        # (often the next event of the same broadcast) then finds this one acknowledged.
-        with provider_slot() as slot_note:
+    # The slot first, then the lock: a send waiting for its network holds no database connection,
+    # so however many runs wait, at most one connection per network is held through a call. The
+    # outcome is recorded before the slot is given back: the next send to this network (often the
+    # next event of the same broadcast) then finds this one acknowledged.
+    with provider_slot() as slot_note:
+        with send_lock.exclusive(engine, ready.message_id) as held:
+            if not held:
+                raise SendInProgress(ready.event_id, provider.name)
+            with unit_of_work(engine) as session:
+                message = session.get_one(BroadcastProviderMessage, ready.message_id)
+                if guards.is_acknowledged(message):  # another run finished while we prepared
+                    return _ack(message, None, sent_now=False)
+                attempt = dao.attempts_so_far(session, message.id) + 1
+                if message.status == TECHNICAL_FAILURE:  # an operator's replay
+                    dao.append_status(session, message, SENDING, detail={"reason": "replayed"})
+            outcome: Delivered | AllRoutesFailed | None = None  # None: expired before the call
             if not _has_expired(ready, now()):  # waiting for the slot can take a while
                 try:
                     outcome = proxy.send(provider, ready.payload, deadline=ready.expires_at)

@@ -419,7 +419,7 @@ def serve_command(
 @app.command("dispatcher")
 def dispatcher_command(
     max_runs: Annotated[int | None, typer.Option(
-        help="Runs at once (default: as many as the database connection pool can serve).", min=1)] = None,
+        help="Runs at once (default 64; a run retrying a network that is down keeps its place).", min=1)] = None,
 ) -> None:
     """Run alert runs in this process as soon as they are created, and nothing else (`serve` does
     this too); add one on another machine for capacity: each run is claimed by one process only.

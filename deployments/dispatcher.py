@@ -61,7 +61,7 @@ from sqlalchemy import text
 
 from broadcasts.cbc_proxy import get_proxy
 from broadcasts.db import get_engine, unit_of_work
-from broadcasts.settings import Settings, get_settings
+from broadcasts.settings import get_settings
 from deployments import names
 from deployments.serve import client_settings
 from flows.send_broadcast_event import send_broadcast_event
@@ -80,15 +80,13 @@ ALERT_FLOWS = {names.SEND_EVENT_DEPLOYMENT: send_broadcast_event.with_options(pe
 logger = get_logger("broadcasts.dispatcher")
 
 
-def max_concurrent_runs(settings: Settings) -> int:
-    """As many runs as the database pool can serve at once. A send holds a pooled connection for
-    the whole attempt on PostgreSQL (the advisory lock, while it waits for the cbc-<provider>
-    slot and calls the proxy) and a second one while it records; a run sends to all its providers
-    at once. Past the pool, a send would wait `pool_timeout` (30 s) for a connection."""
-    pool = get_engine(settings.database_url).pool
-    capacity = pool.size() + max(0, getattr(pool, "_max_overflow", 0))  # QueuePool has no public getter
-    per_send = 2 if settings.database_url.startswith("postgresql") else 1  # SQLite locks with flock
-    return max(1, capacity // (per_send * len(settings.enabled_cbcs)))
+# Runs at once. A run retrying a network that is down keeps its thread (asleep, holding no
+# database connection) until the network answers or the alert expires, so the bound is far above
+# the alerts live at once; past it, new runs stay Scheduled for another process. The database
+# pool is not the limit: a send takes its connection (the per-message lock) only once it holds
+# its network's slot, so one process holds about two connections per network whatever the number
+# of runs (broadcasts/dispatch.py, `_attempt`; the pool is made in broadcasts/db.py).
+MAX_RUNS = 64
 
 
 @task(name="dispatcher-warm-up-check")
@@ -114,7 +112,7 @@ class Dispatcher:
     """Claims and runs the alert deployments' runs; `start()` returns once it listens."""
 
     def __init__(self, max_runs: int | None = None, poll_seconds: float = POLL_SECONDS) -> None:
-        self.max_runs = max_runs or max_concurrent_runs(get_settings())
+        self.max_runs = max_runs or MAX_RUNS
         self.poll_seconds = poll_seconds
         self._flows: dict[uuid.UUID, Any] = {}
         self._stopping = threading.Event()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import defaultdict
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -50,6 +51,7 @@ _ensured: set[str] = set()
 _ensured_lock = threading.Lock()
 _clients: dict[tuple[object, ...], SyncPrefectClient] = {}
 _clients_lock = threading.Lock()
+_turns: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)  # per limit, in this process
 
 
 def slot_wait_seconds(settings: Settings) -> float:
@@ -86,19 +88,31 @@ def provider_slot(provider: str, timeout_seconds: float) -> Iterator[str | None]
     or, when the slot stayed taken for `timeout_seconds`, yields why the body runs without it."""
     name = limit_name(provider)
     client = _client()
-    lease_id = _acquire(client, provider, name, timeout_seconds)
-    if lease_id is None:
-        yield _report_stuck(client, provider, name, timeout_seconds)
-        return
-    released = threading.Event()
-    renewer = threading.Thread(target=_renew, args=(client, lease_id, released), daemon=True)
-    renewer.start()
+    deadline = time.monotonic() + timeout_seconds
+    # Sends of this process queue for their turn here and are handed the slot the moment the last
+    # one gave it back, instead of each asking the server every half second.
+    turn = _turns[name]
+    my_turn = turn.acquire(timeout=timeout_seconds)
+    handed_on = False
     try:
-        yield None
+        lease_id = _acquire(client, provider, name, max(0.0, deadline - time.monotonic()))
+        if lease_id is None:
+            yield _report_stuck(client, provider, name, timeout_seconds)
+            return
+        released = threading.Event()
+        renewer = threading.Thread(target=_renew, args=(client, lease_id, released), daemon=True)
+        renewer.start()
+        try:
+            yield None
+        finally:
+            released.set()
+            # Not a daemon: a process that ends right after its send still gives the slot back.
+            threading.Thread(target=_release, args=(client, name, lease_id, renewer, turn if my_turn else None),
+                             name=f"release {name}").start()
+            handed_on = True
     finally:
-        released.set()
-        # Not a daemon: a process that ends right after its send still gives the slot back.
-        threading.Thread(target=_release, args=(client, name, lease_id, renewer), name=f"release {name}").start()
+        if my_turn and not handed_on:
+            turn.release()
 
 
 def _client() -> SyncPrefectClient:
@@ -112,13 +126,17 @@ def _client() -> SyncPrefectClient:
         return _clients[key]
 
 
-def _release(client: SyncPrefectClient, name: str, lease_id: uuid.UUID, renewer: threading.Thread) -> None:
+def _release(client: SyncPrefectClient, name: str, lease_id: uuid.UUID, renewer: threading.Thread,
+             turn: threading.Lock | None) -> None:
     renewer.join()
     try:
         client.release_concurrency_slots_with_lease(lease_id)
     except Exception:  # the send's outcome matters more; the lease expires on its own
         logger.warning("could not release %s lease %s; it expires in %s s", name, lease_id, LEASE_SECONDS,
                        exc_info=True)
+    finally:
+        if turn is not None:
+            turn.release()  # only now: the next in turn finds the slot free
 
 
 def _acquire(client: SyncPrefectClient, provider: str, name: str, timeout_seconds: float) -> uuid.UUID | None:
