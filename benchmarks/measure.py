@@ -126,6 +126,16 @@ class Bench:
         time.sleep(pause)
         return max(_at(r["responded_at" if answered else "received_at"]) for r in found[:len(PROVIDERS)]) - accepted
 
+    def burst_sent(self, events: int) -> float:
+        """Seconds from posting `events` events at once until the simulator has received all
+        their provider calls."""
+        tags = [self.new_event() for _ in range(events)]
+        with ThreadPoolExecutor(events) as pool:
+            start = time.time()
+            list(pool.map(lambda created: self.post_until_accepted(created[0]), tags))
+        last = [self.wait_for_calls(tag, len(PROVIDERS))[len(PROVIDERS) - 1] for _, tag in tags]
+        return max(_at(r["received_at"]) for r in last) - start
+
     def burst(self, events: int, timeout: float = 300.0) -> float:
         """Seconds from posting `events` events at once until every provider message is acknowledged."""
         from sqlalchemy import func, select

@@ -121,10 +121,11 @@ class Stack:
             "WEBHOOK_SECRET": self.webhook_secret,
         }
 
-    def serve(self, stack: ExitStack) -> Process:
+    def serve(self, stack: ExitStack, *options: str) -> Process:
         port = _free_port()
         env = {**clean_environ(), **self.app_environment()}
-        process = self.start(stack, "serve", [BROADCASTS, "serve", "--webhook-port", str(port)], env)
+        name = "serve" + "".join(options).replace("--", "-")
+        process = self.start(stack, name, [BROADCASTS, "serve", "--webhook-port", str(port), *options], env)
         process.wait_for_line("serving:", 180)
         self.webhook_url = f"http://127.0.0.1:{port}"
         wait_for_http(f"{self.webhook_url}/healthz", process, 30)

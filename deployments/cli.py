@@ -402,6 +402,9 @@ def serve_command(
     webhook: Annotated[bool, typer.Option(help="Also run the signed webhook receiver.")] = True,
     webhook_host: Annotated[str, typer.Option(help="Interface the webhook listens on.")] = "127.0.0.1",
     webhook_port: Annotated[int, typer.Option(help="Port the webhook listens on.", min=1, max=65535)] = 8000,
+    dispatcher: Annotated[bool, typer.Option(
+        help="Run alert runs in this process the moment they are created. With --no-dispatcher "
+        "Prefect's runner starts each in a new process after a poll: 1-2 s later per alert.")] = True,
 ) -> None:
     """Run the service on this machine against PREFECT_API_URL: bootstrap, the webhook, alert runs
     started in this process as soon as they are created (see `dispatcher`), and resume and link
@@ -413,7 +416,8 @@ def serve_command(
     if webhook:
         require_webhook_secret(config)
     with prefect_errors():
-        service.run(config, webhook=(webhook_host, webhook_port) if webhook else None, echo=typer.echo)
+        service.run(config, webhook=(webhook_host, webhook_port) if webhook else None, dispatcher=dispatcher,
+                    echo=typer.echo)
 
 
 @app.command("dispatcher")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
@@ -118,11 +118,13 @@ def register_alert_deployments() -> None:
             deployment.apply()
 
 
-def serve_all(on_ready: Callable[[list[str]], object] = lambda served: None, limit: int | None = None) -> None:
-    """Serves every deployment until SIGTERM or SIGINT, the alert ones through the dispatcher.
-    `on_ready` gets the deployment names once they are registered and the dispatcher listens,
-    before the Runner's first poll. On a signal the Runner stops first, then the dispatcher drains
-    the alert runs it started."""
+def serve_all(on_ready: Callable[[list[str]], object] = lambda served: None, limit: int | None = None,
+              dispatcher: bool = True) -> None:
+    """Serves every deployment until SIGTERM or SIGINT, the alert ones through the dispatcher
+    (or, `dispatcher=False`, through the Runner like the others: a poll and a new process per
+    run). `on_ready` gets the deployment names once they are registered and the dispatcher
+    listens, before the Runner's first poll. On a signal the Runner stops first, then the
+    dispatcher drains the alert runs it started."""
     import asyncio
     import signal
 
@@ -135,12 +137,12 @@ def serve_all(on_ready: Callable[[list[str]], object] = lambda served: None, lim
         runner = Runner(limit=limit)
         served = []
         for deployment in deployments():
-            if deployment.name in ALERT_DEPLOYMENTS:
+            if dispatcher and deployment.name in ALERT_DEPLOYMENTS:
                 deployment.apply()  # registered for the webhook, the trigger and the UI
             else:
                 runner.add_deployment(deployment)  # registers it with the server now
             served.append(f"{deployment.flow_name}/{deployment.name}")
-        with dispatching():
+        with dispatching() if dispatcher else nullcontext():
             on_ready(served)
             try:
                 asyncio.run(runner.start())

@@ -43,7 +43,8 @@ def webhook_in_thread(settings: Settings, host: str, port: int) -> Iterator[None
         thread.join(10)
 
 
-def run(settings: Settings, *, webhook: tuple[str, int] | None, echo: Callable[[str], Any] = print) -> None:
+def run(settings: Settings, *, webhook: tuple[str, int] | None, dispatcher: bool = True,
+        echo: Callable[[str], Any] = print) -> None:
     from deployments.bootstrap import bootstrap
     from deployments.serve import client_settings, serve_all
 
@@ -55,9 +56,9 @@ def run(settings: Settings, *, webhook: tuple[str, int] | None, echo: Callable[[
             echo(str(step))
         ready = lambda served: echo("serving: " + ", ".join(served))  # noqa: E731
         if webhook is None:
-            serve_all(ready)
+            serve_all(ready, dispatcher=dispatcher)
             return
         host, port = webhook
         with webhook_in_thread(settings, host, port):
             echo(f"webhook: http://{host}:{port}/broadcast-events")
-            serve_all(ready)
+            serve_all(ready, dispatcher=dispatcher)
