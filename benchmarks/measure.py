@@ -12,7 +12,9 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -193,7 +195,10 @@ class Bench:
 
     # -- the flow in this process ----------------------------------------------------------------
 
-    def _run_flow(self, event_id: uuid.UUID) -> None:
+    @contextmanager
+    def _in_process(self) -> Iterator[Any]:
+        """This process's settings for the stack's server, and the flow to call (entering the
+        settings costs tens of milliseconds, so it is done once, outside the timings)."""
         from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
         from deployments.serve import client_settings
@@ -205,18 +210,19 @@ class Bench:
         with temporary_settings(updates={PREFECT_API_URL: self.stack.api_url,
                                          PREFECT_API_AUTH_STRING: self.stack.auth_string}):
             with client_settings():
-                send_broadcast_event(str(event_id))
+                yield send_broadcast_event
 
     def inprocess_latency(self, samples: int) -> list[float]:
         """The flow called here, against the same Prefect server: call → 4th provider call."""
-        self._run_flow(self.new_event()[0])  # warm-up: imports, clients, pools
         result = []
-        for _ in range(samples):
-            event_id, tag = self.new_event()
-            start = time.time()
-            self._run_flow(event_id)
-            found = self.wait_for_calls(tag, len(PROVIDERS))
-            result.append(_at(found[len(PROVIDERS) - 1]["received_at"]) - start)
+        with self._in_process() as send_broadcast_event:
+            send_broadcast_event(str(self.new_event()[0]))  # warm-up: imports, clients, pools
+            for _ in range(samples):
+                event_id, tag = self.new_event()
+                start = time.time()
+                send_broadcast_event(str(event_id))
+                found = self.wait_for_calls(tag, len(PROVIDERS))
+                result.append(_at(found[len(PROVIDERS) - 1]["received_at"]) - start)
         return result
 
     def retry_gaps(self, scale: float, failures: int) -> tuple[list[float], list[float]]:
@@ -235,7 +241,8 @@ class Bench:
         get_settings.cache_clear()
         try:
             event_id, tag = self.new_event(["ee"])
-            self._run_flow(event_id)
+            with self._in_process() as send_broadcast_event:
+                send_broadcast_event(str(event_id))
         finally:
             if saved is None:
                 os.environ.pop("BROADCAST_RETRY_DELAY_SCALE", None)
