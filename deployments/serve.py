@@ -136,10 +136,10 @@ def serve_all(on_ready: Callable[[list[str]], object] = lambda served: None, lim
     with client_settings():
         runner = Runner(limit=limit)
         served = []
+        if dispatcher:
+            register_alert_deployments()  # for the webhook, the trigger and the UI
         for deployment in deployments():
-            if dispatcher and deployment.name in ALERT_DEPLOYMENTS:
-                deployment.apply()  # registered for the webhook, the trigger and the UI
-            else:
+            if not (dispatcher and deployment.name in ALERT_DEPLOYMENTS):
                 runner.add_deployment(deployment)  # registers it with the server now
             served.append(f"{deployment.flow_name}/{deployment.name}")
         with dispatching() if dispatcher else nullcontext():

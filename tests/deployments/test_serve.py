@@ -53,7 +53,7 @@ def test_an_event_posted_to_the_webhook_of_serve_reaches_all_four_providers(envi
     calls = sim.invocations()
     assert sorted(c["function"] for c in calls) == ["ee-1-proxy", "o2-1-proxy", "three-1-proxy", "vodafone-1-proxy"]
     fourth = max(datetime.fromisoformat(c["received_at"]) for c in calls)
-    print(f"\nwebhook 202 -> 4th provider call: {(fourth - accepted).total_seconds():.2f} s (serve, 1 s poll)")
+    print(f"\nwebhook 202 -> 4th provider call: {(fourth - accepted).total_seconds():.2f} s (serve and its warm dispatcher)")
 
 
 @pytest.mark.skipif(backend() != "postgresql", reason="the several-machine topology runs on PostgreSQL: "
