@@ -247,6 +247,9 @@ def test_database_connections_killed_and_prefect_restarted_mid_dispatch_lose_not
         scheduling_server.start()
         wait_until(lambda: all(all_acknowledged(db, e) for e in events), 300, "every event to be acknowledged",
                    lambda: served.text()[-3000:] + runs_summary(datetime.fromtimestamp(0, timezone.utc)))
+        acknowledged = time.monotonic()
+        wait_for(lambda: not any(slots_held().values()), 10)  # each send gives its slot back in the background
+        held, freed_after = slots_held(), time.monotonic() - acknowledged
 
     calls = sim.invocations()
     for event_id in events:
@@ -261,13 +264,18 @@ def test_database_connections_killed_and_prefect_restarted_mid_dispatch_lose_not
     identifiers = Counter(c["payload"]["identifier"] for c in calls)
     assert len(identifiers) == messages, identifiers
     with get_client(sync_client=True) as client:
-        held = {p: client.read_global_concurrency_limit_by_name(names.limit_name(p)).active_slots for p in PROVIDERS}
         runs = Counter(r.state_name for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(
             deployment_id=FlowRunFilterDeploymentId(any_=[client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT).id]))))
     assert held == dict.fromkeys(PROVIDERS, 0), f"slots still taken: {held}"
-    print(f"\n{killed} app database connection(s) terminated and the Prefect server restarted with "
+    print(f"\nslots free {freed_after:.1f} s after the last ACK")
+    print(f"{killed} app database connection(s) terminated and the Prefect server restarted with "
           f"{calls_at_fault} of {len(events) * len(PROVIDERS)} sends under way; {len(calls)} proxy calls "
           f"for {messages} messages; send runs {dict(runs)}; every event acknowledged {time.monotonic() - started:.0f} s after the start")
+
+
+def slots_held() -> dict[str, int]:
+    with get_client(sync_client=True) as client:
+        return {p: client.read_global_concurrency_limit_by_name(names.limit_name(p)).active_slots for p in PROVIDERS}
 
 
 def terminate_connections(engine: Engine) -> int:
