@@ -107,14 +107,19 @@ def operator_alerts(block_document_id: object) -> list[AutomationCore]:
     ]
 
 
+def unchanged(current: AutomationCore, wanted: AutomationCore) -> bool:
+    """Compared as Python values: a trigger's `expect` and `after` are sets, and their order in
+    JSON varies from process to process (string hashing), which made equal automations differ."""
+    return current.model_dump() == wanted.model_dump()
+
+
 def ensure(client: SyncPrefectClient, automation: AutomationCore) -> str:
     """'created', 'found' or 'updated'."""
     existing = client.read_automations_by_name(automation.name)
     if not existing:
         client.create_automation(automation)
         return "created"
-    current = AutomationCore.model_validate(existing[0].model_dump())
-    if current.model_dump(mode="json") == automation.model_dump(mode="json"):
+    if unchanged(AutomationCore.model_validate(existing[0].model_dump()), automation):
         return "found"
     client.update_automation(existing[0].id, automation)
     return "updated"

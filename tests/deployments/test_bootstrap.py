@@ -4,6 +4,7 @@ real Prefect server."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,9 @@ import tarfile
 import pytest
 from prefect.client.orchestration import get_client
 
-from deployments import names
+from prefect.events.schemas.automations import AutomationCore
+
+from deployments import automations, names
 from deployments.bootstrap import bootstrap
 from tests.conftest import PROJECT_ROOT
 
@@ -41,6 +44,14 @@ def test_bootstrap_puts_back_a_queue_priority_someone_changed():
         client.update_work_queue(alerts.id, priority=50)
     changed = [s for s in bootstrap(PROVIDERS) if s.created]
     assert [s.what for s in changed] == ["queue alerts (priority 1) in broadcasts (priority was 50)"]
+
+
+def test_an_automation_read_back_is_unchanged_whatever_the_order_of_its_sets():
+    wanted = automations.zombie_runs(30)
+    read_back = AutomationCore.model_validate(json.loads(json.dumps(wanted.model_dump(mode="json"))))
+    read_back.trigger.expect = set(reversed(sorted(read_back.trigger.expect)))  # another insertion order
+    assert automations.unchanged(read_back, wanted)
+    assert not automations.unchanged(read_back, automations.zombie_runs(60))
 
 
 def test_prefect_deploy_all_succeeds_from_a_clean_checkout(tmp_path):
