@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 

@@ -24,7 +24,7 @@ from deployments.serve import register_alert_deployments
 from tests.conftest import PROJECT_ROOT, backend
 from tests.deployments.serving import BROADCASTS, start_run, wait_for_runs
 from tests.factories import make_alert, make_event, make_message, make_service
-from tests.flows.helpers import calls_for, prefect_events, statuses
+from tests.flows.helpers import calls_for, eventually, prefect_events, statuses
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "alert_deployments")
 PROVIDERS = ["ee", "three", "o2", "vodafone"]
@@ -38,13 +38,6 @@ def alert_deployments(prefect_server):  # type: ignore[no-untyped-def]
 def states_of(run_ids: list[str]) -> dict[str, str]:
     with get_client(sync_client=True) as client:
         return {run_id: client.read_flow_run(run_id).state.type.value for run_id in run_ids}
-
-
-def wait_until(condition, timeout: float, every: float = 0.05):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (found := condition()) and time.monotonic() < deadline:
-        time.sleep(every)
-    return found
 
 
 def read_logs(run_id):  # type: ignore[no-untyped-def]
@@ -82,10 +75,10 @@ def test_a_run_created_from_the_deployment_runs_at_once_with_its_task_runs_logs_
     assert sorted(t.name.split(" ")[1] for t in tasks if t.name.startswith("send ")) == sorted(PROVIDERS)
     assert all(t.state.is_completed() for t in tasks)
     # Logs go to the API in batches, every couple of seconds.
-    assert wait_until(lambda: read_logs(run.id), 10, every=0.5), "the run's logs reached the API"
+    assert eventually(lambda: read_logs(run.id), 10, every=0.5), "the run's logs reached the API"
     assert history == ["SCHEDULED", "PENDING", "RUNNING", "COMPLETED"]
     # The heartbeat is what lets the zombie-run automation recover a run of a killed dispatcher.
-    assert wait_until(lambda: any(e["resource"]["prefect.resource.id"] == f"prefect.flow-run.{run_id}"
+    assert eventually(lambda: any(e["resource"]["prefect.resource.id"] == f"prefect.flow-run.{run_id}"
                                   for e in prefect_events("prefect.flow-run.heartbeat", since)), 5, every=0.5)
 
 
@@ -140,7 +133,7 @@ def test_a_retry_from_the_ui_is_picked_up_within_a_couple_of_seconds(environment
         with get_client(sync_client=True) as client:
             assert client.set_flow_run_state(run_id, AwaitingRetry()).status == SetStateStatus.ACCEPT
             retried = time.monotonic()
-            assert wait_until(lambda: client.read_flow_run(run_id).run_count == 2, 5), "not picked up"
+            assert eventually(lambda: client.read_flow_run(run_id).run_count == 2, 5), "not picked up"
             print(f"\nAwaitingRetry -> running again: {time.monotonic() - retried:.2f} s")
         assert wait_for_runs([run_id], 20) == {run_id: "FAILED"}
 
@@ -167,7 +160,7 @@ def test_a_run_cancelled_in_the_ui_goes_on_until_it_ends_and_is_then_marked_canc
     event_id = make_event(engine, service_id, make_message(engine, service_id), expires_in=timedelta(seconds=2))
     with dispatching(), get_client(sync_client=True) as client:
         run_id = start_run(event_id)
-        assert wait_until(lambda: len(sim.invocations("ee-2-proxy")) >= 1, 10)
+        assert eventually(lambda: len(sim.invocations("ee-2-proxy")) >= 1, 10)
         assert client.set_flow_run_state(run_id, Cancelling()).status == SetStateStatus.ACCEPT  # the UI's Cancel
         at_cancel = len(sim.invocations("ee-2-proxy"))
         assert wait_for_runs([run_id], 20) == {run_id: "CANCELLED"}
@@ -181,7 +174,7 @@ def test_stopping_finishes_the_claimed_runs_and_leaves_the_rest_scheduled(enviro
     events = [make_alert(engine)[2] for _ in range(4)]
     with dispatching(max_runs=1):
         runs = [start_run(e) for e in events]
-        assert wait_until(lambda: "RUNNING" in states_of(runs).values(), 10)
+        assert eventually(lambda: "RUNNING" in states_of(runs).values(), 10)
     found = Counter(states_of(runs).values())
     assert set(found) <= {"COMPLETED", "SCHEDULED"} and found["COMPLETED"] >= 1, found
     with dispatching():  # the ones left are taken by the next dispatcher
@@ -209,7 +202,7 @@ def test_the_dispatcher_command_runs_alerts_and_drains_on_sigterm(environment, e
         assert "send-broadcast-event/send-broadcast-event" in text()
         _, _, event_id = make_alert(engine)
         run_id = start_run(event_id)
-        assert wait_until(lambda: len(sim.invocations()) >= 1, 10), text()
+        assert eventually(lambda: len(sim.invocations()) >= 1, 10), text()
         process.send_signal(signal.SIGTERM)  # while the run is under way: it is finished, not dropped
         assert process.wait(30) == 0, text()
     finally:

@@ -43,7 +43,7 @@ from flows.resume_dispatch import resume_key
 from tests.conftest import _free_port, _wait_for_health, backend, throwaway_postgres_database
 from tests.deployments.serving import serving, start_run
 from tests.factories import make_alert
-from tests.flows.helpers import prefect_events, statuses
+from tests.flows.helpers import eventually, prefect_events, statuses
 
 pytestmark = [
     pytest.mark.faults, pytest.mark.prefect, pytest.mark.simulator,
@@ -160,7 +160,7 @@ def test_serve_killed_at_every_point_of_a_send_finishes_every_network_with_its_f
         wait_until(at_every_point, 120, "every network at its kill point", served.text)
         # The worst moment: resume-dispatch itself claimed by this process and not yet running,
         # so it has sent no heartbeat. Any moment within three's first retry wait will do.
-        caught = wait_for(lambda: resume_runs_in("PENDING"), 15)
+        caught = bool(eventually(lambda: resume_runs_in("PENDING"), 15, every=0.2))
         # A run that has been beating: its second heartbeat, 30 s in, starts the automation's watch
         # even if the server had not yet loaded the new automation for the first (seen in CI).
         wait_until(lambda: heartbeats(run_id, began) >= 2, HEARTBEAT_SECONDS + 15, "the run's second heartbeat",
@@ -245,7 +245,7 @@ def test_database_connections_killed_and_prefect_restarted_mid_dispatch_lose_not
         wait_until(lambda: all(all_acknowledged(db, e) for e in events), 300, "every event to be acknowledged",
                    lambda: served.text()[-3000:] + runs_summary(datetime.fromtimestamp(0, timezone.utc)))
         acknowledged = time.monotonic()
-        wait_for(lambda: not any(slots_held().values()), 10)  # each send gives its slot back in the background
+        eventually(lambda: not any(slots_held().values()), 10, every=0.2)  # each send gives its slot back in the background
         held, freed_after = slots_held(), time.monotonic() - acknowledged
 
     calls = sim.invocations()
@@ -312,15 +312,6 @@ def resume_runs_in(state_type: str) -> bool:
         deployment = client.read_deployment_by_name(f"{names.RESUME_FLOW}/{names.RESUME_FLOW}")
         return any(r.state_type is not None and r.state_type.value == state_type for r in client.read_flow_runs(
             flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id]))))
-
-
-def wait_for(condition, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
 
 
 def sent_as(call: dict) -> tuple[str, str | None]:
