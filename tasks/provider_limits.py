@@ -4,20 +4,32 @@ Limit 1 stops two sends to one network overlapping. It is not an ordering tool (
 served in order; ordering is docs/behaviour.md §4 rule 5) and it is held only while the proxy is called, never
 while a retry waits, or one failing alert would hold back every other alert for that network.
 
-The slot is taken and released with the lease endpoints directly, on a synchronous client kept
-for the process: Prefect's `concurrency()` helper shares an event loop across flow runs in one
-process, and two flow runs finishing together were seen to leave a slot occupied for good; and a
-new client per send cost a connection and about 40 ms before every proxy call. The release runs
-in a thread of its own, so the send's result does not wait for it.
+The slot is taken and released with the lease endpoints directly, on a client kept for the
+process (tasks/slot_api.py, which also keeps every call short and never raises): Prefect's
+`concurrency()` helper shares an event loop across flow runs in one process, and two flow runs
+finishing together were seen to leave a slot occupied for good; and a new client per send cost a
+connection and about 40 ms before every proxy call. The release runs in a thread of its own, so
+the send's result does not wait for it.
 
-A slot must never keep an alert from a network. The wait for it is longer than any live holder
-can hold it (the caller sets it: both routes timing out, plus a margin), so a slot still taken
-after it belongs to nobody: a crashed holder whose lease was lost (the server's in-memory lease
-store forgets leases when it restarts) or one far longer than ours. Then the send goes ahead
-without it (the per-message lock and the ordering rule still stop a second or an out-of-order
-send), logs an ERROR, emits the Prefect event `broadcast.provider.slot-stuck`, frees the stale
-slot so the next send does not wait again, and tells the caller, which records it in the
-attempt's history. An unreachable Prefect API is waited out the same way.
+A slot must never keep an alert from a network, and stuck is judged per holder, never by how
+long a waiter has waited: three sends queued behind a slow network made the third give up, free
+the slot while a live lease held it, and page. Each holder writes its holder record (tasks/slot_api.py)
+when it takes the slot, and renews its lease and rewrites the record every `_beat` seconds, so
+while the slot is moving the record changes. A waiter gives up only when the record has not
+changed for `timeout_seconds` (the caller sets it longer than any live call holds the slot: both
+routes timing out, plus a margin), or when the Prefect API has not answered for that long. The
+holder is then gone: crashed, with a lease that runs out later or that the server forgot (its
+in-memory lease store forgets leases when it restarts, leaving the slot taken for good), or not
+one of ours. The send goes ahead without the slot (the per-message lock and the ordering rule
+still stop a second or an out-of-order send), logs an ERROR, emits the Prefect event
+`broadcast.provider.slot-stuck` and tells the caller, which records it in the attempt's history;
+a thread frees the stale slot: it releases the recorded lease if the server still has it, and
+otherwise sets the limit's count to 0.
+
+The sends of one process to one network take turns (tasks/slot_turns.py), and the lease goes
+from one to the next without the server while the chain is short; a longer one goes back to the
+server and this process's next send waits `FAIR_PAUSE_SECONDS`, a little longer than a waiter's
+poll, so a waiter in another process finds the slot free.
 """
 
 from __future__ import annotations
@@ -29,29 +41,30 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
-import httpx
-from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.events import emit_event
-from prefect.exceptions import MissingContextError, ObjectAlreadyExists, ObjectNotFound
+from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
-from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL
 
 from broadcasts.settings import Settings
+from tasks import slot_api
+from tasks.slot_api import LEASE_SECONDS, Answer, Locked, Missing, SlotApi, Taken, Unanswered
+from tasks.slot_turns import HandOn, Turns
 
-# The shortest lease the server accepts; a crashed holder frees the slot when it runs out.
-LEASE_SECONDS = 60
-# Waiters ask again at least this often (Prefect's own waiters back off to 10-30 s).
+# Waiters ask again at least this often (Prefect's own waiters back off to 10-30 s), and no more
+# often than the floor, whatever the server's Retry-After says.
 MAX_POLL_SECONDS = 0.5
+MIN_POLL_SECONDS = 0.05
+FAIR_PAUSE_SECONDS = MAX_POLL_SECONDS + 0.2  # a waiter elsewhere asks at least once meanwhile
+RELEASE_RETRY_SECONDS = 5.0  # short: a process that ends waits for its release
 SLOT_STUCK_EVENT = "broadcast.provider.slot-stuck"
 
 logger = logging.getLogger(__name__)
 _ensured: set[str] = set()
 _ensured_lock = threading.Lock()
-_clients: dict[tuple[object, ...], SyncPrefectClient] = {}
-_clients_lock = threading.Lock()
-_turns: defaultdict[str, _Turns] = defaultdict(lambda: _Turns())  # per limit, in this process
+_turns: defaultdict[str, Turns] = defaultdict(Turns)  # per limit, in this process
 
 
 def slot_wait_seconds(settings: Settings) -> float:
@@ -67,84 +80,85 @@ def ensure_limits(providers: Iterable[str]) -> None:
     """Creates any missing limit (limit 1), once per process. An unreachable API is left to
     `provider_slot`, which waits it out like a taken slot."""
     with _ensured_lock:
-        missing = {p: limit_name(p) for p in providers if limit_name(p) not in _ensured}
+        missing = [limit_name(p) for p in providers if limit_name(p) not in _ensured]
         if not missing:
             return
-        with get_client(sync_client=True) as client:
-            for name in missing.values():
-                try:
-                    client.upsert_global_concurrency_limit_by_name(name, limit=1)
-                except ObjectAlreadyExists:  # another process created it first
-                    pass
-                except httpx.HTTPError:
-                    logger.warning("could not create the concurrency limit %s", name, exc_info=True)
-                    continue
-                _ensured.add(name)
+        api = slot_api.current_api()
+        for name in missing:
+            failed = api.ensure_limit(name)
+            if failed is not None:
+                logger.warning("could not create the concurrency limit %s: %s", name, failed.reason)
+                continue
+            _ensured.add(name)
 
 
-class _Turns:
-    """The sends of this process to one network, in turn. The lease goes from one send straight
-    to the next one waiting here: two fewer API calls per send when alerts queue for a network."""
+@dataclass(frozen=True)
+class _GaveUp:
+    answer: Locked | Missing | Unanswered  # the last answer to asking for the slot
+    record: Any  # the holder record last read
 
-    def __init__(self) -> None:
-        self.changed = threading.Condition()
-        self.busy = False
-        self.waiting = 0
-        self.lease_id: uuid.UUID | None = None  # handed on by the last holder
 
-    def take(self, timeout: float) -> tuple[bool, uuid.UUID | None]:
-        """(whether this send has its turn, the lease handed to it if any)."""
-        with self.changed:
-            self.waiting += 1
-            mine = self.changed.wait_for(lambda: not self.busy, timeout)
-            self.waiting -= 1
-            if not mine:
-                return False, None
-            self.busy = True
-            lease_id, self.lease_id = self.lease_id, None
-            return True, lease_id
+class _Patience:
+    """A waiter's wait: `seconds` from its start or from the last sign that the slot is moving
+    (the holder record changed). None left at once when the API does not answer and another
+    waiter here gave up on it less than `seconds` ago with no answer since: during an outage
+    only the first of a run of sends waits the whole time."""
 
-    def hand_on(self, lease_id: uuid.UUID) -> bool:
-        """Gives the lease to the next send waiting here; False if none is."""
-        with self.changed:
-            if not self.waiting:
-                return False
-            self.lease_id, self.busy = lease_id, False
-            self.changed.notify()
-            return True
+    _UNSEEN = object()
 
-    def end(self) -> None:
-        with self.changed:
-            self.busy = False
-            self.changed.notify()
+    def __init__(self, seconds: float, api: SlotApi) -> None:
+        self.seconds, self.api = seconds, api
+        self.since = time.monotonic()
+        self.record: Any = self._UNSEEN
+        self.answered = True
+
+    def saw(self, answer: Answer, record: Any = _UNSEEN) -> None:
+        self.answered = not isinstance(answer, Unanswered)
+        if record is not self._UNSEEN and record != self.record:
+            if self.record is not self._UNSEEN:
+                self.since = time.monotonic()
+            self.record = record
+
+    def left(self) -> float:
+        now = time.monotonic()
+        outage = self.api.outage_seen_at
+        if not self.answered and outage is not None and now - outage < self.seconds:
+            return 0.0
+        return self.since + self.seconds - now
 
 
 @contextmanager
 def provider_slot(provider: str, timeout_seconds: float) -> Iterator[str | None]:
     """Holds the provider's slot (renewing its lease) for the body of the `with` and yields None;
-    or, when the slot stayed taken for `timeout_seconds`, yields why the body runs without it."""
+    or yields why the body runs without it: the slot stayed taken with no sign of life from its
+    holder, or the Prefect API did not answer, for `timeout_seconds`. Nothing on the Prefect side
+    raises out of it."""
     name = limit_name(provider)
-    client = _client()
-    deadline = time.monotonic() + timeout_seconds
+    api = slot_api.current_api()
     turns = _turns[name]
-    my_turn, lease_id = turns.take(timeout_seconds)
-    ended = not my_turn
+    lease_id = turns.take()
+    ended = False
     try:
         if lease_id is None:
-            lease_id = _acquire(client, provider, name, max(0.0, deadline - time.monotonic()))
-        if lease_id is None:
-            yield _report_stuck(client, provider, name, timeout_seconds)
-            return
-        released = threading.Event()
-        renewer = threading.Thread(target=_renew, args=(client, lease_id, released), daemon=True)
-        renewer.start()
+            taken = _acquire(api, provider, timeout_seconds)
+            if isinstance(taken, _GaveUp):
+                yield _report_stuck(api, provider, taken, timeout_seconds)
+                return
+            lease_id = taken
+            turns.took_from_server()
+        stop = threading.Event()
+        keeper = threading.Thread(target=_keep, args=(api, provider, lease_id, _beat(timeout_seconds), stop),
+                                  name=f"keep {name}", daemon=True)
+        keeper.start()
         try:
             yield None
         finally:
-            released.set()
-            if not (my_turn and turns.hand_on(lease_id)):
+            stop.set()
+            handed = turns.hand_on(lease_id)
+            if handed is not HandOn.HANDED:
+                pause = FAIR_PAUSE_SECONDS if handed is HandOn.CHAIN_DONE else 0.0
                 # Not a daemon: a process that ends right after its send still gives the slot back.
-                threading.Thread(target=_release, args=(client, name, lease_id, renewer, turns if my_turn else None),
+                threading.Thread(target=_release, args=(api, name, lease_id, keeper, turns, pause),
                                  name=f"release {name}").start()
             ended = True
     finally:
@@ -152,71 +166,79 @@ def provider_slot(provider: str, timeout_seconds: float) -> Iterator[str | None]
             turns.end()
 
 
-def _client() -> SyncPrefectClient:
-    """The process's client for the current API (tests and the CLI switch servers)."""
-    key = (PREFECT_API_URL.value(), PREFECT_API_KEY.value(), PREFECT_API_AUTH_STRING.value())
-    with _clients_lock:
-        if key not in _clients:
-            client = get_client(sync_client=True)
-            client.__enter__()  # open for the life of the process
-            _clients[key] = client
-        return _clients[key]
+def _beat(timeout_seconds: float) -> float:
+    """How often a holder renews and rewrites its record: well within the lease and the wait."""
+    return min(LEASE_SECONDS / 3, timeout_seconds / 4)
 
 
-def _release(client: SyncPrefectClient, name: str, lease_id: uuid.UUID, renewer: threading.Thread,
-             turns: _Turns | None) -> None:
-    renewer.join()
-    try:
-        client.release_concurrency_slots_with_lease(lease_id)
-    except Exception:  # the send's outcome matters more; the lease expires on its own
-        logger.warning("could not release %s lease %s; it expires in %s s", name, lease_id, LEASE_SECONDS,
-                       exc_info=True)
-    finally:
-        if turns is not None:
-            turns.end()  # only now: the next in turn finds the slot free
-
-
-def _acquire(client: SyncPrefectClient, provider: str, name: str, timeout_seconds: float) -> uuid.UUID | None:
-    """The lease id, or None if the slot could not be taken within `timeout_seconds`."""
-    deadline = time.monotonic() + timeout_seconds
+def _acquire(api: SlotApi, provider: str, timeout_seconds: float) -> uuid.UUID | _GaveUp:
+    name = limit_name(provider)
+    patience = _Patience(timeout_seconds, api)
     while True:
+        answer = api.take(name)
         wait = MAX_POLL_SECONDS
-        try:
-            response = client.increment_concurrency_slots_with_lease(
-                names=[name], slots=1, mode="concurrency", lease_duration=LEASE_SECONDS
-            )
-        except httpx.HTTPStatusError as error:
-            if error.response.status_code == 423:  # Locked: the slot is taken
-                wait = float(error.response.headers.get("Retry-After", MAX_POLL_SECONDS))
+        if isinstance(answer, Taken):
+            return answer.lease_id
+        if isinstance(answer, Locked):
+            wait = answer.retry_after
+            record = api.read_holder(provider)
+            if isinstance(record, Unanswered):
+                patience.saw(answer)
             else:
-                logger.warning("taking the %s slot: %s", name, error)
-        except httpx.HTTPError as error:
-            logger.warning("taking the %s slot: %s", name, error)
+                patience.saw(answer, record)
         else:
-            body = response.json()
-            if body.get("limits"):
-                return uuid.UUID(body["lease_id"])
-            # Strict: a missing limit is not a free-for-all. Create it and ask again.
-            _ensured.discard(name)
-            ensure_limits([provider])
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        time.sleep(min(wait, MAX_POLL_SECONDS, remaining))
+            if isinstance(answer, Missing):  # strict: a missing limit is not a free-for-all
+                _ensured.discard(name)
+                ensure_limits([provider])
+            elif patience.answered:  # once per outage, not twice a second
+                logger.warning("taking the %s slot: %s", name, answer.reason)
+            patience.saw(answer)
+        left = patience.left()
+        if left <= 0:
+            if isinstance(answer, Unanswered):
+                api.note_outage()
+            return _GaveUp(answer, None if patience.record is _Patience._UNSEEN else patience.record)
+        time.sleep(min(max(wait, MIN_POLL_SECONDS), MAX_POLL_SECONDS, left))
 
 
-def _report_stuck(client: SyncPrefectClient, provider: str, name: str, timeout_seconds: float) -> str:
-    """Says loudly that the slot was stuck, and frees it so the next send need not wait."""
+def _keep(api: SlotApi, provider: str, lease_id: uuid.UUID, beat: float, stop: threading.Event) -> None:
+    """Keeps the lease and the holder record fresh until `stop`."""
+    api.write_holder(provider, lease_id)
+    while not stop.wait(beat):
+        if api.renew(lease_id) is False:
+            logger.warning("the %s lease %s is gone (expired, or freed as stale)", limit_name(provider), lease_id)
+        api.write_holder(provider, lease_id)
+
+
+def _release(api: SlotApi, name: str, lease_id: uuid.UUID, keeper: threading.Thread, turns: Turns,
+             pause: float) -> None:
+    keeper.join()  # its calls are short; a renewal after the release would only log
     try:
-        limit = client.read_global_concurrency_limit_by_name(name)
-        # The API names no lease for a global limit; the limit and its count are what it shows.
-        held = f"{limit.active_slots} of {limit.limit} slot(s) held by a lease nobody released (limit id {limit.id})"
-        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
-        freed = "; the stale slot was freed"
-    except (httpx.HTTPError, ObjectNotFound) as error:
-        held, freed = f"the Prefect API did not answer ({error})", ""
-    note = (f"{name} still taken after {timeout_seconds:g} s, longer than any live send holds it: "
-            f"{held}; sent without the slot{freed}")
+        failed = api.release(lease_id)
+        time.sleep(pause)
+    finally:
+        turns.end()  # only now: the next in turn finds the slot free
+    # A lease left behind blocks the network until it expires: ask a few more times, then leave it.
+    deadline = time.monotonic() + RELEASE_RETRY_SECONDS
+    while failed is not None and time.monotonic() < deadline:
+        time.sleep(MAX_POLL_SECONDS)
+        failed = api.release(lease_id)
+    if failed is not None:  # the send's outcome matters more; the lease expires on its own
+        logger.warning("could not release %s lease %s (%s); it expires within %s s", name, lease_id,
+                       failed.reason, LEASE_SECONDS)
+
+
+def _report_stuck(api: SlotApi, provider: str, gave_up: _GaveUp, timeout_seconds: float) -> str:
+    """Says loudly that the send goes without the slot, and why; frees a stale slot."""
+    name = limit_name(provider)
+    if isinstance(gave_up.answer, Locked):
+        note = (f"{name} still taken after {timeout_seconds:g} s with no sign of life from its holder "
+                f"({_describe(gave_up.record)}); sent without the slot; freeing the stale slot")
+        threading.Thread(target=_free, args=(api, name, gave_up.record), name=f"free {name}").start()
+    else:
+        why = gave_up.answer.reason if isinstance(gave_up.answer, Unanswered) else "the limit could not be created"
+        note = (f"{name} not taken: the Prefect API did not answer for {timeout_seconds:g} s ({why}); "
+                "sent without the slot")
     _run_logger().error("%s", note)
     try:
         emit_event(
@@ -229,17 +251,35 @@ def _report_stuck(client: SyncPrefectClient, provider: str, name: str, timeout_s
     return note
 
 
+def _describe(record: Any) -> str:
+    if not isinstance(record, dict):
+        return "no holder record"
+    return (f"last holder record: lease {record.get('lease_id')} of {record.get('holder')}, "
+            f"written {record.get('written_at')}")
+
+
+def _free(api: SlotApi, name: str, record: Any) -> None:
+    """Releases the stopped holder's lease if the server still has it (so its expiry later cannot
+    free a live holder's slot); otherwise no lease holds the slot, so sets the count to 0."""
+    try:
+        lease_id = uuid.UUID(str(record["lease_id"])) if isinstance(record, dict) else None
+    except (KeyError, ValueError):
+        lease_id = None
+    exists = api.renew(lease_id) if lease_id is not None else False
+    if exists is None:
+        logger.warning("could not free %s: the Prefect API did not answer", name)
+    elif exists:
+        failed = api.release(lease_id)  # type: ignore[arg-type]
+        logger.warning("%s %s lease %s of its stopped holder", "could not release" if failed else "released",
+                       name, lease_id)
+    else:
+        failed = api.reset(name)
+        logger.warning("%s %s: no lease of ours holds its slot", "could not free" if failed else "freed", name)
+
+
 def _run_logger() -> logging.Logger | logging.LoggerAdapter:  # type: ignore[type-arg]
     """The task run's logger (shown with the run in the UI), or this module's outside a run."""
     try:
         return get_run_logger()
     except MissingContextError:
         return logger
-
-
-def _renew(client: SyncPrefectClient, lease_id: uuid.UUID, released: threading.Event) -> None:
-    while not released.wait(LEASE_SECONDS / 3):
-        try:
-            client.renew_concurrency_lease(lease_id, lease_duration=LEASE_SECONDS)
-        except Exception:
-            logger.warning("could not renew lease %s", lease_id, exc_info=True)
