@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -40,15 +40,20 @@ def get_event(session: Session, event_id: uuid.UUID) -> BroadcastEvent:
     return event
 
 
+# The order of a broadcast's events (docs/behaviour.md §4 rule 5), as `BroadcastEvent.order_key`.
+EVENT_ORDER = (BroadcastEvent.sent_at, BroadcastEvent.created_at, BroadcastEvent.id)
+
+
 def earlier_events(session: Session, event: BroadcastEvent) -> list[BroadcastEvent]:
-    """Events of the same broadcast message with a strictly earlier `sent_at`, oldest first."""
+    """Events of the same broadcast message before `event` in the order (`sent_at`, then
+    creation, then id), oldest first."""
     query = (
         select(BroadcastEvent)
         .where(
             BroadcastEvent.broadcast_message_id == event.broadcast_message_id,
-            BroadcastEvent.sent_at < event.sent_at,
+            tuple_(*EVENT_ORDER) < tuple_(*event.order_key),
         )
-        .order_by(BroadcastEvent.sent_at, BroadcastEvent.id)
+        .order_by(*EVENT_ORDER)
     )
     return list(session.scalars(query))
 
@@ -219,6 +224,17 @@ def record_refusal(session: Session, event_id: uuid.UUID, provider: str, reason:
     return True
 
 
+def refusal_reasons(session: Session, event_ids: Sequence[uuid.UUID], provider: str) -> dict[uuid.UUID, str]:
+    """The latest refusal reason of `provider` for each of these events that has one."""
+    rows = session.execute(
+        select(BroadcastEventRefusal.broadcast_event_id, BroadcastEventRefusal.reason)
+        .where(BroadcastEventRefusal.broadcast_event_id.in_(list(event_ids)),
+               BroadcastEventRefusal.provider == provider)
+        .order_by(BroadcastEventRefusal.id)
+    )
+    return {event_id: reason for event_id, reason in rows}
+
+
 def refusals(session: Session, event_id: uuid.UUID) -> dict[str, BroadcastEventRefusal]:
     """The latest refusal of each provider for the event."""
     rows = session.scalars(
@@ -316,7 +332,7 @@ def unexpired_events_written_by(session: Session, now: datetime, written_by: dat
             Service.active.is_(True),
             Service.restricted.is_(False),
         )
-        .order_by(BroadcastEvent.sent_at, BroadcastEvent.id)
+        .order_by(*EVENT_ORDER)
     )
     return list(session.scalars(query))
 

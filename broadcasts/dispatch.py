@@ -5,9 +5,11 @@ It is safe to run any number of times, concurrently, after a crash or after succ
 
 - the provider message (the identifier the network sees) is created once and reused, and the
   payload it carries is fixed at the first attempt, so one identifier is always one message;
-- once it is `returned-ack` nothing calls the proxy for it again;
+- once it is `returned-ack` nothing calls the proxy for it again; once it is `technical-failure`
+  only an operator's replay (`Mode.replay_failed`) does;
 - a database lock (`send_lock`) stops two runs calling the proxy for it at the same time, and
-  only the run holding that lock records what a call did;
+  only the run holding that lock records what a call did (a lock lost during the call is said
+  in the record, which still tells the truth about the identifier);
 - every attempt ends with a record: the call's outcome, a wait (once per earlier event waited
   for), a refusal (against the event and provider, allocating no identifier) or an unexpected
   error (`technical-failure`, not retried).
@@ -37,12 +39,15 @@ from broadcasts.errors import (
     DispatchError,
     EarlierEventFailed,
     EarlierEventPending,
+    EndedTechnicalFailure,
     EventExpired,
     InvalidBroadcast,
     PayloadError,
     ProviderNotAvailable,
     RetryableError,
+    RunCancelled,
     SendInProgress,
+    SendLockLost,
     SendRefused,
     UnexpectedError,
 )
@@ -57,6 +62,7 @@ from broadcasts.models import (
 )
 from broadcasts.payloads import Reference, build_payload
 from broadcasts.providers import Provider, get_provider
+from broadcasts.retry import MAX_DELAY_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +90,16 @@ class EventPlan:
 
 
 @dataclass(frozen=True)
+class Mode:
+    """How a run sends. `replay_failed`: an operator's explicit replay, the only run that sends a
+    `technical-failure` message again. `long_wait_seconds`: a wait for one earlier event longer
+    than this (the longest retry interval) pages, once."""
+
+    replay_failed: bool = False
+    long_wait_seconds: float = MAX_DELAY_SECONDS
+
+
+@dataclass(frozen=True)
 class _Ready:
     event_id: uuid.UUID
     message_id: uuid.UUID
@@ -102,11 +118,12 @@ def _attempted(session: Session, message: BroadcastProviderMessage | None) -> bo
 
 
 def _prepare(
-    session: Session, event: BroadcastEvent, provider: Provider, headline: str, now: datetime
+    session: Session, event: BroadcastEvent, provider: Provider, headline: str, now: datetime, mode: Mode
 ) -> _Ready | SendResult:
     """Rules 2-5 of docs/behaviour.md §4, then the provider message and the payload fixed for it."""
-    guards.ensure_valid_broadcast(event, now)
     message = dao.get_provider_message(session, event.id, provider.name)
+    _ensure_not_failed(session, event.id, provider.name, message, mode)  # before rule 2 records anything
+    guards.ensure_valid_broadcast(event, now)
     if guards.is_acknowledged(message):
         assert message is not None
         return _ack(message, None, sent_now=False)
@@ -118,12 +135,13 @@ def _prepare(
         for m in dao.provider_messages(session, [e.id for e in earlier], provider.name)
     }
     pairs = [(e, earlier_messages.get(e.id)) for e in earlier]
+    refused = dao.refusal_reasons(session, [e.id for e, m in pairs if m is None], provider.name)
     try:
-        guards.ensure_earlier_events_acknowledged(event, provider.name, pairs, now)
+        guards.ensure_earlier_events_acknowledged(event, provider.name, pairs, now, refused)
     except EarlierEventPending as waiting:
         # Create it now so the identifier (and Vodafone number) is fixed while it waits.
         message = dao.get_or_create_provider_message(session, event.id, provider.name, provider.numbered)
-        _record_wait(session, message, waiting)
+        _record_wait(session, message, waiting, now, mode.long_wait_seconds)
         raise
     message = dao.get_or_create_provider_message(session, event.id, provider.name, provider.numbered)
     if message.payload is not None:
@@ -142,12 +160,32 @@ def _prepare(
     return _Ready(event.id, message.id, payload, event.finishes_at)
 
 
-def _record_wait(session: Session, message: BroadcastProviderMessage, waiting: EarlierEventPending) -> None:
-    """One history row per earlier event waited for, not one per retry."""
-    latest = dao.latest_history_row(session, message.id)
+def _ensure_not_failed(
+    session: Session, event_id: uuid.UUID, provider: str, message: BroadcastProviderMessage | None, mode: Mode
+) -> None:
+    """`technical-failure` is final for automatic runs: reported, nothing sent or recorded."""
+    if message is not None and message.status == TECHNICAL_FAILURE and not mode.replay_failed:
+        errors = [r.detail["error"] for r in dao.history(session, message.id) if r.detail and r.detail.get("error")]
+        raise EndedTechnicalFailure(event_id, provider, errors[-1] if errors else None)
+
+
+def _record_wait(
+    session: Session, message: BroadcastProviderMessage, waiting: EarlierEventPending, now: datetime,
+    long_wait_seconds: float,
+) -> None:
+    """One history row per earlier event waited for, not one per retry. Once the wait for it has
+    lasted longer than `long_wait_seconds` (since its first row), one more row says it paged
+    (`paged`), and `waiting.page_due` tells the orchestrator to page: once per earlier event."""
     waiting_for = str(waiting.earlier_event_id)
+    latest = dao.latest_history_row(session, message.id)
     if latest is None or (latest.detail or {}).get("waiting_for") != waiting_for:
         dao.append_status(session, message, SENDING, detail={"waiting_for": waiting_for, "reason": waiting.reason})
+    rows = [r for r in dao.history(session, message.id) if (r.detail or {}).get("waiting_for") == waiting_for]
+    waited = (now - rows[0].created_at).total_seconds()
+    if waited > long_wait_seconds and not any(r.detail.get("paged") for r in rows):
+        waiting.page_due, waiting.waited_seconds = True, waited
+        dao.append_status(session, message, SENDING, detail={
+            "waiting_for": waiting_for, "reason": waiting.reason, "paged": True, "waited_seconds": round(waited)})
 
 
 # Losing the database connection or waiting out a lock is transient; a bug (IntegrityError) is not.
@@ -164,17 +202,20 @@ def send_to_provider(
     headline: str,
     now: Callable[[], datetime] = utcnow,
     provider_slot: ProviderSlot = nullcontext,
+    mode: Mode = Mode(),
 ) -> SendResult:
     """Send one event to one provider once, or raise why not (see `errors`).
 
     `enabled` is ENABLED_CBCS. `provider_slot` is entered only around the proxy call (the
-    orchestrator's per-provider concurrency limit), never while waiting for a retry. Every
-    RetryableError raised names the event, the provider and when retrying must stop.
+    orchestrator's per-provider concurrency limit), never while waiting for a retry. `mode` says
+    whether this run is an operator's replay (the only run that sends a `technical-failure`
+    message again) and when a wait pages. Every RetryableError raised names the event, the
+    provider and when retrying must stop.
     """
     provider = get_provider(provider_name)
     try:
         try:
-            return _send(engine, proxy, event_id, provider, enabled, headline, now, provider_slot)
+            return _send(engine, proxy, event_id, provider, enabled, headline, now, provider_slot, mode)
         except TRANSIENT_DATABASE_ERRORS as error:
             raise DatabaseUnavailable(type(error).__name__) from error
         except DispatchError:
@@ -195,6 +236,7 @@ def _send(
     headline: str,
     now: Callable[[], datetime],
     provider_slot: ProviderSlot,
+    mode: Mode,
 ) -> SendResult:
     stop: Exception | None = None
     with unit_of_work(engine) as session:
@@ -202,14 +244,14 @@ def _send(
         expires_at = event.finishes_at
         try:
             _ensure_may_send(session, event, provider.name, enabled)  # rule 1
-            ready = _prepare(session, event, provider, headline, now())
+            ready = _prepare(session, event, provider, headline, now(), mode)
         except SendRefused as error:
             _record_refusal(session, event_id, provider, error)
             stop = error
         except (InvalidBroadcast, EventExpired, EarlierEventFailed, PayloadError) as error:
             _record_failure(session, event_id, provider, error)
             stop = error
-        except RetryableError as error:
+        except (RetryableError, EndedTechnicalFailure) as error:  # the latter records nothing
             stop = error
     try:
         # Raised after the transaction above commits, so what was recorded stays recorded.
@@ -217,7 +259,7 @@ def _send(
             raise stop
         if isinstance(ready, SendResult):
             return ready
-        return _attempt(engine, proxy, provider, ready, provider_slot, now)
+        return _attempt(engine, proxy, provider, ready, provider_slot, now, mode)
     except RetryableError as error:
         error.expires_at = expires_at  # retrying must stop when the event expires
         raise
@@ -241,9 +283,30 @@ def _record_refusal(session: Session, event_id: uuid.UUID, provider: Provider, e
 
 
 def record_expired_while_retrying(engine: Engine, event_id: object, provider: str) -> None:
-    """Ends an unfinished provider message whose retries stopped at expiry. Only a run that can
-    take the message's lock records it: while another run's call is in flight, that run records
-    the outcome of its own call."""
+    """Ends an unfinished provider message whose retries stopped at expiry."""
+
+    def expired(session: Session, message: BroadcastProviderMessage) -> DispatchError:
+        event = dao.get_event(session, message.broadcast_event_id)
+        assert event.finishes_at is not None
+        return EventExpired(event.id, event.finishes_at, while_retrying=_attempted(session, message))
+
+    _end_unfinished(engine, event_id, provider, expired)
+
+
+def record_run_cancelled(engine: Engine, event_id: uuid.UUID, provider: str, run_id: object) -> RunCancelled:
+    """Ends an unfinished provider message whose run an operator cancelled, so that automatic
+    resume leaves it, as every technical-failure, and only a replay sends it. Returns the error
+    to raise."""
+    error = RunCancelled(event_id, provider, run_id)
+    _end_unfinished(engine, event_id, provider, lambda session, message: error)
+    return error
+
+
+def _end_unfinished(engine: Engine, event_id: object, provider: str,
+                    reason: Callable[[Session, BroadcastProviderMessage], DispatchError]) -> None:
+    """Ends the provider message `technical-failure` with `reason` if it is still `sending` or
+    `returned-error`. Only a run that can take the message's lock records it: while another run's
+    call is in flight, that run records the outcome of its own call."""
     with unit_of_work(engine) as session:
         message = dao.get_provider_message(session, event_id, provider)  # type: ignore[arg-type]
         if message is None or message.status not in (SENDING, RETURNED_ERROR):
@@ -256,10 +319,7 @@ def record_expired_while_retrying(engine: Engine, event_id: object, provider: st
             message = session.get_one(BroadcastProviderMessage, message_id)
             if message.status not in (SENDING, RETURNED_ERROR):
                 return
-            event = dao.get_event(session, message.broadcast_event_id)
-            assert event.finishes_at is not None
-            error = EventExpired(event.id, event.finishes_at, while_retrying=_attempted(session, message))
-            dao.append_status(session, message, TECHNICAL_FAILURE, detail={"error": str(error)})
+            dao.append_status(session, message, TECHNICAL_FAILURE, detail={"error": str(reason(session, message))})
 
 
 def _record_failure(session: Session, event_id: uuid.UUID, provider: Provider, error: Exception) -> None:
@@ -288,29 +348,37 @@ def _attempt(
     ready: _Ready,
     provider_slot: ProviderSlot,
     now: Callable[[], datetime],
+    mode: Mode,
 ) -> SendResult:
     # The slot first, then the lock: a send waiting for its network holds no database connection,
     # so however many runs wait, at most one connection per network is held through a call. The
     # outcome is recorded before the slot is given back: the next send to this network (often the
     # next event of the same broadcast) then finds this one acknowledged.
     with provider_slot() as slot_note:
-        with send_lock.exclusive(engine, ready.message_id) as held:
-            if not held:
+        with send_lock.exclusive(engine, ready.message_id) as lock:
+            if not lock:
                 raise SendInProgress(ready.event_id, provider.name)
             with unit_of_work(engine) as session:
                 message = session.get_one(BroadcastProviderMessage, ready.message_id)
                 if guards.is_acknowledged(message):  # another run finished while we prepared
                     return _ack(message, None, sent_now=False)
+                # Another run may have ended it technical-failure since this one prepared.
+                _ensure_not_failed(session, ready.event_id, provider.name, message, mode)
                 attempt = dao.attempts_so_far(session, message.id) + 1
                 if message.status == TECHNICAL_FAILURE:  # an operator's replay
                     dao.append_status(session, message, SENDING, detail={"reason": "replayed"})
             outcome: Delivered | AllRoutesFailed | None = None  # None: expired before the call
+            extra = {"slot_stuck": slot_note} if slot_note else {}
             if not _has_expired(ready, now()):  # waiting for the slot can take a while
+                if not lock.still_held():  # its connection dropped: another run may take it now
+                    raise SendLockLost(ready.event_id, provider.name)
                 try:
                     outcome = proxy.send(provider, ready.payload, deadline=ready.expires_at)
                 except AllRoutesFailed as error:
                     outcome = error
-            extra = {"slot_stuck": slot_note} if slot_note else {}
+                if not lock.still_held():
+                    extra["lock_lost"] = LOCK_LOST
+                    logger.error("event %s to %s: %s", ready.event_id, provider.name, LOCK_LOST)
             with unit_of_work(engine) as session:
                 message = session.get_one(BroadcastProviderMessage, ready.message_id)
                 if isinstance(outcome, Delivered):
@@ -333,6 +401,11 @@ def _attempt(
                     dao.append_status(session, message, RETURNED_ERROR, attempt=attempt, detail=detail)
     assert error is not None
     raise error
+
+
+# Recorded all the same: the outcome is the truth about our identifier, and the network de-duplicates.
+LOCK_LOST = ("the per-message lock was lost during the proxy call (its database connection ended), so "
+             "another run may have called the proxy for this identifier at the same time")
 
 
 def _has_expired(ready: _Ready, now: datetime) -> bool:

@@ -4,8 +4,10 @@
     ├── RetryableError            the orchestrator retries (1, 2, 4 … 240 s) until the event expires
     │   ├── AllRoutesFailed       primary and failover proxy both failed this attempt
     │   ├── EarlierEventPending   an earlier event of the broadcast is not yet acknowledged
-    │   │                         (recorded once per earlier event as a `waiting_for` history row)
+    │   │                         (recorded once per earlier event as a `waiting_for` history row;
+    │   │                         `page_due` once it has lasted past the longest retry interval)
     │   ├── SendInProgress        another run is calling the proxy for this (event, provider)
+    │   ├── SendLockLost          the per-message lock was lost before the call; nothing sent
     │   └── DatabaseUnavailable   the database could not be reached or stayed locked
     └── NotSendable               never retried; the record says why
         ├── SendRefused           nothing sent and no identifier allocated; the reason is
@@ -18,7 +20,11 @@
         │   └── DispatchDisabled  CBC_PROXY_ENABLED is false (nothing is read or written)
         ├── InvalidBroadcast      content, areas or finish time break the rules → technical-failure
         ├── EventExpired          its finish time has passed         → technical-failure
+        ├── RunCancelled          an operator cancelled its run      → technical-failure
         ├── EarlierEventFailed    an earlier event ended technical-failure → technical-failure
+        │   └── EarlierEventRefused   an earlier event was refused for this provider
+        ├── EndedTechnicalFailure an automatic run found it technical-failure: only a replay
+        │                         sends it again (nothing recorded)
         ├── PayloadError          a payload cannot be built from the stored rows
         ├── UnexpectedError       anything else (a bug, a malformed row) → technical-failure
         ├── UnknownEvent
@@ -59,13 +65,27 @@ class AllRoutesFailed(RetryableError):
 
 
 class EarlierEventPending(RetryableError):
+    # Set by the dispatcher once this wait has lasted past the longest retry interval, on the one
+    # attempt that records so: the orchestrator then pages (once per earlier event).
+    page_due: bool = False
+    waited_seconds: float = 0.0
+
     def __init__(
         self, event_id: object, provider: str, earlier_event_id: object, earlier_type: str, status: str
     ) -> None:
-        self.earlier_event_id = earlier_event_id
+        self.earlier_event_id, self.earlier_status = earlier_event_id, status
+        self.waiting_event_id = event_id
         # What `broadcasts status` shows on the waiting message's history row.
         self.reason = f"waiting for event {earlier_event_id} ({earlier_type}, not yet acknowledged by {provider})"
         super().__init__(f"event {event_id} is {self.reason}; it is {status}")
+
+    def long_wait(self) -> str:
+        """The page: how long it has waited, and where to look."""
+        return (
+            f"event {self.waiting_event_id} has been {self.reason} for {self.waited_seconds:.0f} s, longer "
+            f"than the longest retry interval; event {self.earlier_event_id} is {self.earlier_status}: "
+            f"see `broadcasts status {self.earlier_event_id}`"
+        )
 
 
 class DatabaseUnavailable(RetryableError):
@@ -76,6 +96,12 @@ class DatabaseUnavailable(RetryableError):
 class SendInProgress(RetryableError):
     def __init__(self, event_id: object, provider: str) -> None:
         super().__init__(f"another run is sending event {event_id} to {provider}; will check again")
+
+
+class SendLockLost(RetryableError):
+    def __init__(self, event_id: object, provider: str) -> None:
+        super().__init__(f"the lock for event {event_id} to {provider} was lost before the call (its database "
+                         "connection ended); nothing was sent; will try again")
 
 
 class NotSendable(DispatchError):
@@ -131,10 +157,24 @@ class EventExpired(NotSendable):
         self.reason = what
 
 
+class RunCancelled(NotSendable):
+    """An operator cancelled the run (Cancel in the Prefect UI): its send stops at the next retry
+    and only a replay sends it again."""
+
+    def __init__(self, event_id: object, provider: str, run_id: object) -> None:
+        super().__init__(
+            f"event {event_id} to {provider} stopped: run {run_id} was cancelled by an operator; "
+            f"replay with `{replay_command(event_id, provider)}`"
+        )
+
+
 class EarlierEventFailed(NotSendable):
-    def __init__(self, event_id: object, provider: str, earlier_event_id: object, earlier_expired: bool = False) -> None:
+    def __init__(
+        self, event_id: object, provider: str, earlier_event_id: object, earlier_expired: bool = False,
+        ended: str = "ended technical-failure",
+    ) -> None:
         self.earlier_event_id = earlier_event_id
-        blocked = f"event {event_id} is blocked for {provider}: earlier event {earlier_event_id} ended technical-failure"
+        blocked = f"event {event_id} is blocked for {provider}: earlier event {earlier_event_id} {ended}"
         if earlier_expired:
             # Replaying an expired event can only fail again: say so instead of suggesting it.
             super().__init__(
@@ -145,6 +185,28 @@ class EarlierEventFailed(NotSendable):
         super().__init__(
             f"{blocked}. Fix it with `{replay_command(earlier_event_id, provider)}`, then "
             f"`{replay_command(event_id, provider)}`"
+        )
+
+
+class EarlierEventRefused(EarlierEventFailed):
+    """The earlier event was refused for this provider (no provider message): it will never be
+    sent unless replayed, so waiting for it would wait until this event expired."""
+
+    def __init__(
+        self, event_id: object, provider: str, earlier_event_id: object, reason: str, earlier_expired: bool = False
+    ) -> None:
+        super().__init__(event_id, provider, earlier_event_id, earlier_expired, ended=f"was refused ({reason})")
+
+
+class EndedTechnicalFailure(NotSendable):
+    """Only an operator's replay sends a technical-failure message again; automatic runs (the
+    webhook, the event trigger, resume, a UI Retry) report it and leave it alone."""
+
+    def __init__(self, event_id: object, provider: str, last_error: str | None) -> None:
+        super().__init__(
+            f"event {event_id} ended technical-failure for {provider} ({last_error or 'no error recorded'}); "
+            f"an automatic run does not send it again. After fixing the cause: "
+            f"`{replay_command(event_id, provider)}`, or `broadcasts send-event {event_id}` for every provider"
         )
 
 

@@ -6,13 +6,15 @@ ahead now (retryable) or ever (not sendable). Time is always passed in.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from broadcasts.errors import (
     BroadcastCancelled,
     EarlierEventFailed,
     EarlierEventPending,
+    EarlierEventRefused,
     EventExpired,
     InvalidBroadcast,
     MessageStubbed,
@@ -76,11 +78,11 @@ def ensure_not_expired(event: BroadcastEvent, now: datetime, attempted: bool) ->
 
 def ensure_not_cancelled(event: BroadcastEvent, earlier: Sequence[BroadcastEvent]) -> None:
     """An alert or update written after its broadcast's cancel is refused; a cancel is always
-    sendable (`earlier`: events with a strictly earlier `sent_at`)."""
+    sendable (`earlier`: the events before it in the order of rule 5)."""
     if event.message_type == "cancel":
         return
     for earlier_event in earlier:
-        if earlier_event.message_type == "cancel" and earlier_event.sent_at < event.sent_at:
+        if earlier_event.message_type == "cancel" and earlier_event.order_key < event.order_key:
             raise BroadcastCancelled(event.id, earlier_event.id)
 
 
@@ -89,16 +91,36 @@ def ensure_earlier_events_acknowledged(
     provider: str,
     earlier: Sequence[tuple[BroadcastEvent, BroadcastProviderMessage | None]],
     now: datetime | None = None,
+    refused: Mapping[uuid.UUID, str] | None = None,
 ) -> None:
-    """Rule 5: every earlier event (strictly earlier `sent_at`, oldest first) must be
-    acknowledged by this provider. A failed one blocks; an unfinished one makes this send wait."""
-    earlier = [(e, m) for e, m in earlier if e.sent_at < event.sent_at]  # later/same: ignored
-    for earlier_event, message in earlier:
-        if message is not None and message.status == TECHNICAL_FAILURE:
+    """Rule 5: every earlier event (before this one by `sent_at`, then creation, then id; oldest
+    first) must be acknowledged by this provider. `refused`: the latest refusal reason of this
+    provider for earlier events, by event id.
+
+    A failed earlier event is final: it ended technical-failure, or it was refused (a refusal and
+    no provider message). It blocks an alert or update, and never holds a cancel: the cancel is
+    sent, since a network may hold the earlier event from an attempt whose answer was lost. One
+    still in progress (sending, returned-error, or no provider message and not refused) makes
+    this send wait, a cancel's too. A failed event is checked before a pending one.
+    """
+    refused = refused or {}
+    earlier = [(e, m) for e, m in earlier if e.order_key < event.order_key]  # later ones: ignored
+
+    def failed(earlier_event: BroadcastEvent, message: BroadcastProviderMessage | None) -> bool:
+        if message is None:
+            return earlier_event.id in refused
+        return message.status == TECHNICAL_FAILURE
+
+    if event.message_type != "cancel":
+        for earlier_event, message in earlier:
+            if not failed(earlier_event, message):
+                continue
             finishes_at = earlier_event.finishes_at
             expired = now is not None and finishes_at is not None and finishes_at < now
+            if message is None:
+                raise EarlierEventRefused(event.id, provider, earlier_event.id, refused[earlier_event.id], expired)
             raise EarlierEventFailed(event.id, provider, earlier_event.id, earlier_expired=expired)
     for earlier_event, message in earlier:
-        if not is_acknowledged(message):
+        if not is_acknowledged(message) and not failed(earlier_event, message):
             status = message.status if message is not None else "not yet sent"
             raise EarlierEventPending(event.id, provider, earlier_event.id, earlier_event.message_type, status)

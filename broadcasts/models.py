@@ -28,7 +28,9 @@ from sqlalchemy import (
     false,
     true,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.functions import FunctionElement
 
 from broadcasts.providers import CHANNELS, PROVIDERS
 
@@ -74,6 +76,26 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)
+
+
+class database_now(FunctionElement[datetime]):
+    """The database's clock when the row is written, as naive UTC to the microsecond on
+    PostgreSQL (its `now()` is the transaction's start, the same for every row it writes) and to
+    the millisecond on SQLite. A server default, so writers need not set it."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+@compiles(database_now, "postgresql")
+def _database_now_postgresql(_element: database_now, _compiler: Any, **_kw: Any) -> str:
+    return "(clock_timestamp() AT TIME ZONE 'UTC')"
+
+
+@compiles(database_now, "sqlite")
+def _database_now_sqlite(_element: database_now, _compiler: Any, **_kw: Any) -> str:
+    # Six fraction digits, as SQLAlchemy writes datetimes: it reads "…:05.123" as 123 µs.
+    return "(strftime('%Y-%m-%d %H:%M:%f000', 'now'))"
 
 
 # BIGINT on PostgreSQL; SQLite only auto-increments a column declared INTEGER PRIMARY KEY.
@@ -152,9 +174,21 @@ class BroadcastEvent(Base):
     transmitted_sender: Mapped[str | None] = mapped_column(String(255))
     transmitted_starts_at: Mapped[datetime | None]
     transmitted_finishes_at: Mapped[datetime | None]
+    # Creation order: with `sent_at` before it and `id` after it, the order of a broadcast's
+    # events (`order_key`). Set by the database; the service's API does not write it.
+    created_at: Mapped[datetime] = mapped_column(server_default=database_now())
 
     service: Mapped[Service] = relationship()
     broadcast_message: Mapped[BroadcastMessage] = relationship()
+
+    __mapper_args__ = {"eager_defaults": True}  # read `created_at` back at insert
+
+    @property
+    def order_key(self) -> tuple[datetime, datetime, uuid.UUID]:
+        """Where the event stands among its broadcast's events (docs/behaviour.md §4 rule 5):
+        by `sent_at`, then creation, then id, so two events written in the same second still
+        have one order, the same in SQL (`dao.earlier_events`) and here."""
+        return (self.sent_at, self.created_at, self.id)
 
     @property
     def finishes_at(self) -> datetime | None:

@@ -11,9 +11,11 @@ whether a run is still working on it. `events_to_dispatch` lists every event tha
   `broadcast.event.created` event) has had time to start a run first;
 - some network would take it: the message is not stubbed and the service is active and not in
   trial mode (every network refuses those, rule 1 of §4), and one of the service's available
-  providers (its list ∩ ENABLED_CBCS) has neither a refusal nor a finished provider message;
-- that provider has no provider message yet, or one left `sending` or `returned-error` (a run
-  was under way). `returned-ack` is done for ever; `technical-failure` waits for an operator.
+  providers (its list ∩ ENABLED_CBCS) is unfinished:
+- that provider has a provider message left `sending` or `returned-error` (a run was under way,
+  a replay after a refusal too), or none and no refusal. `returned-ack` is done for ever;
+  `technical-failure` and a refusal wait for an operator, and never make a later event wait
+  (rule 5 of §4), so the same test says what a later event waits for.
 
 Dispatching an event again is always safe, so a wrong "yes" costs only a run: the send re-checks
 every rule, reuses each provider's identifier and payload, and never re-sends what a network
@@ -78,8 +80,8 @@ def events_to_dispatch(
         unfinished = tuple(
             (provider, status)
             for provider in available[event.service_id]
-            if (event.id, provider) not in refused
-            and ((status := statuses.get((event.id, provider))) is None or status in UNFINISHED_STATUSES)
+            if (status := statuses.get((event.id, provider))) in UNFINISHED_STATUSES
+            or (status is None and (event.id, provider) not in refused)
         )
         if unfinished:
             found.append(Unfinished(event.id, event.sent_at, unfinished, event.id in dispatched))

@@ -6,6 +6,11 @@ holder, so a crashed run never blocks the replay that follows it:
 
 - PostgreSQL: a session-level advisory lock, released when the connection closes.
 - SQLite file: `flock` on a file beside the database, released when the process exits.
+
+Dying with its holder cuts both ways: a PostgreSQL lock goes silently when its connection drops
+(a network blip, a terminated backend) while the holder runs on. So the holder asks
+`Lock.still_held()` before and after the call it guards, on the lock's own connection. The file
+and memory locks cannot be lost while the process lives.
 """
 
 from __future__ import annotations
@@ -14,34 +19,63 @@ import fcntl
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select, text
+from sqlalchemy.exc import SQLAlchemyError
+
+
+class Lock:
+    """What `exclusive` yields: truthy when this process took the lock."""
+
+    def __init__(self, held: bool, check: Callable[[], bool] | None = None) -> None:
+        self.held = held
+        self.lost = False  # a `still_held()` found it gone
+        self._check = check
+
+    def __bool__(self) -> bool:
+        return self.held
+
+    def still_held(self) -> bool:
+        """Whether the lock is still ours (False when it was never taken)."""
+        if self.held and self._check is not None and not self._check():
+            self.lost = True
+        return self.held and not self.lost
 
 
 @contextmanager
-def exclusive(engine: Engine, key: uuid.UUID) -> Iterator[bool]:
-    """Yields True while this process holds the lock for `key`, or False when another holds it."""
+def exclusive(engine: Engine, key: uuid.UUID) -> Iterator[Lock]:
+    """Yields a Lock, truthy while this process holds the lock for `key`, falsy when another holds it."""
     if engine.dialect.name == "postgresql":
-        with _advisory_lock(engine, key) as held:
-            yield held
+        with _advisory_lock(engine, key) as lock:
+            yield lock
     else:
         with _file_lock(engine, key) as held:
-            yield held
+            yield Lock(held)
+
+
+# The lock's row in pg_locks: a bigint key is split into classid (high half) and objid (low half).
+_HOLDS = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
+    "AND granted AND classid = CAST(:classid AS oid) AND objid = CAST(:objid AS oid) AND objsubid = 1)"
+)
 
 
 @contextmanager
-def _advisory_lock(engine: Engine, key: uuid.UUID) -> Iterator[bool]:
+def _advisory_lock(engine: Engine, key: uuid.UUID) -> Iterator[Lock]:
     lock_id = int.from_bytes(key.bytes[:8], "big", signed=True)
     with engine.connect() as connection:
         held = bool(connection.scalar(select(func.pg_try_advisory_lock(lock_id))))
         connection.commit()
+        lock = Lock(held, lambda: _holds(connection, lock_id))
         try:
-            yield held
+            yield lock
         finally:
-            if held:
+            if held and lock.lost:
+                connection.invalidate()  # nothing to release; never reuse a connection that failed
+            elif held:
                 try:
                     connection.scalar(select(func.pg_advisory_unlock(lock_id)))
                     connection.commit()
@@ -49,6 +83,16 @@ def _advisory_lock(engine: Engine, key: uuid.UUID) -> Iterator[bool]:
                     # A pooled connection must never go back still holding the lock.
                     connection.invalidate()
                     raise
+
+
+def _holds(connection: Connection, lock_id: int) -> bool:
+    """True when this connection's backend still holds the advisory lock; a dead connection does not."""
+    try:
+        found = connection.scalar(_HOLDS, {"classid": (lock_id >> 32) & 0xFFFFFFFF, "objid": lock_id & 0xFFFFFFFF})
+        connection.commit()
+    except SQLAlchemyError:  # a dead connection, or one SQLAlchemy already invalidated
+        return False
+    return bool(found)
 
 
 _memory_locks: dict[uuid.UUID, threading.Lock] = {}

@@ -320,8 +320,9 @@ def send_event(
     event_id: Annotated[str, typer.Argument(help="The broadcast event id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Send an event to every available provider now (in this process, against the configured
-    Prefect API or a temporary one). Exit code 0 only when every provider acknowledged."""
+    """Send an event to every available provider not yet acknowledged now, technical-failure ones
+    included (in this process, against the configured Prefect API or a temporary one). Exit code 0
+    only when every provider acknowledged."""
     from broadcasts.db import unit_of_work
     from broadcasts.dispatch import plan_event
 
@@ -337,8 +338,9 @@ def send_event(
             fail(str(error))
     from flows.send_broadcast_event import send_broadcast_event
 
-    run_and_report(lambda: send_broadcast_event(str(eid), return_state=True), eid, providers, as_json,
-                   interrupted=f"sending event {eid} stopped; run `broadcasts send-event {eid}` again, "
+    # An operator's explicit re-send: technical-failure providers are sent again too.
+    run_and_report(lambda: send_broadcast_event(str(eid), replay_failed=True, return_state=True), eid,
+                   providers, as_json, interrupted=f"sending event {eid} stopped; run `broadcasts send-event {eid}` again, "
                    f"or `broadcasts replay {eid} PROVIDER`, to continue")
 
 
@@ -423,7 +425,8 @@ def serve_command(
 @app.command("dispatcher")
 def dispatcher_command(
     max_runs: Annotated[int | None, typer.Option(
-        help="Runs at once (default 64; a run retrying a network that is down keeps its place).", min=1)] = None,
+        help="Runs starting at once (default 64): a run counts for its first 10 s, so runs retrying a network "
+             "that is down leave room for new alerts, up to 256 runs in all.", min=1)] = None,
 ) -> None:
     """Run alert runs in this process as soon as they are created, and nothing else (`serve` does
     this too); add one on another machine for capacity: each run is claimed by one process only.
@@ -448,7 +451,8 @@ def dispatcher_command(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     with prefect_errors(), dispatching(max_runs) as dispatcher:
-        typer.echo(f"dispatching: {', '.join(ALERT_FLOWS)} (up to {dispatcher.max_runs} runs at once)")
+        typer.echo(f"dispatching: {', '.join(ALERT_FLOWS)} (up to {dispatcher.max_runs} runs starting at once, "
+                   f"{dispatcher.max_held} in all)")
         while not stop.wait(1):
             pass
 

@@ -13,7 +13,7 @@ from flows.resume_dispatch import webhook_key as idempotency_key
 from flows.send_broadcast_event import FLOW_NAME as SEND_EVENT_FLOW
 from flows.send_provider_message import FLOW_NAME as SEND_PROVIDER_FLOW
 from tasks.provider_limits import SLOT_STUCK_EVENT, limit_name
-from tasks.send_provider_message import PROVIDER_BLOCKED_EVENT
+from tasks.send_provider_message import PROVIDER_BLOCKED_EVENT, PROVIDER_WAITING_EVENT
 
 WORK_POOL = "broadcasts"
 ALERTS_QUEUE = "alerts"
@@ -26,7 +26,7 @@ EVENT_RESOURCE_PREFIX = "broadcasts.event."  # resource id: broadcasts.event.<ev
 
 __all__ = [
     "ALERTS_QUEUE", "EVENT_CREATED", "EVENT_RESOURCE_PREFIX", "LINK_TESTS_FLOW", "LINK_TESTS_QUEUE",
-    "PROVIDER_BLOCKED_EVENT", "QUEUE_PRIORITIES", "RESUME_FLOW", "ROUTE_FAILING_EVENT",
+    "PROVIDER_BLOCKED_EVENT", "PROVIDER_WAITING_EVENT", "QUEUE_PRIORITIES", "RESUME_FLOW", "ROUTE_FAILING_EVENT",
     "SEND_EVENT_DEPLOYMENT", "SEND_EVENT_FLOW", "SEND_PROVIDER_DEPLOYMENT", "SEND_PROVIDER_FLOW",
     "SLOT_STUCK_EVENT", "WORK_POOL", "idempotency_key", "limit_name",
 ]

@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.states import Completed, Failed, State
 
 from broadcasts.errors import DispatchError
+from broadcasts.models import TECHNICAL_FAILURE
 from broadcasts.settings import get_settings
 from broadcasts.validation import parse_uuid
 from flows.outcomes import publish_table, unacknowledged, wait_for_all
@@ -16,7 +17,10 @@ FLOW_NAME = "send-broadcast-event"
 
 
 @flow(name=FLOW_NAME, flow_run_name="send-broadcast-event-{broadcast_event_id}")
-def send_broadcast_event(broadcast_event_id: str) -> State:
+def send_broadcast_event(broadcast_event_id: str, replay_failed: bool = False) -> State:
+    """`replay_failed`: an operator's explicit re-send (`broadcasts send-event`, or a Custom run
+    that sets it), which sends technical-failure providers again. Every other run (the webhook,
+    the event trigger, resume, a UI Retry) reports them and leaves them alone."""
     logger = get_run_logger()
     settings = get_settings()
     if not settings.cbc_proxy_enabled:
@@ -34,10 +38,12 @@ def send_broadcast_event(broadcast_event_id: str) -> State:
         return Completed(message="no available provider: nothing sent")
 
     send = planned_for(plan.finishes_at, settings.broadcast_retry_delay_scale)
-    futures = send.map(unmapped(broadcast_event_id), plan.providers)
+    futures = send.map(unmapped(broadcast_event_id), plan.providers, replay_failed=unmapped(replay_failed))
     rows = publish_table(event_id, wait_for_all(plan.providers, futures))
 
     missing = unacknowledged(rows, plan.providers)
     if missing:
-        return Failed(message=f"event {event_id} not acknowledged by {', '.join(missing)}")
+        replay = "" if replay_failed or all(r["status"] != TECHNICAL_FAILURE for r in rows) else (
+            f"; only a replay sends a technical-failure again: `broadcasts send-event {event_id}`")
+        return Failed(message=f"event {event_id} not acknowledged by {', '.join(missing)}{replay}")
     return Completed(message=f"event {event_id} acknowledged by {', '.join(plan.providers)}")

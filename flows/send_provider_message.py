@@ -1,4 +1,5 @@
-"""send-provider-message: an operator re-runs one (event, provider); a no-op once acknowledged."""
+"""send-provider-message: an operator re-runs one (event, provider); a no-op once acknowledged.
+Always an explicit replay: it sends a technical-failure message again, with the same identifier."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def send_provider_message(broadcast_event_id: str, provider: str) -> State:
     except DispatchError as error:
         return Failed(message=f"nothing sent for event {event_id}: {error}")
     send = planned_for(plan.finishes_at, settings.broadcast_retry_delay_scale)
-    future = send.submit(broadcast_event_id, provider)
+    future = send.submit(broadcast_event_id, provider, replay_failed=True)
     rows = publish_table(event_id, wait_for_all([provider], [future]))
     missing = unacknowledged(rows, [provider])
     if missing:

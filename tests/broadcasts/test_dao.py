@@ -5,16 +5,18 @@ from __future__ import annotations
 import ast
 import threading
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, text
 
 from broadcasts import dao
 from broadcasts.cbc_proxy import CBCProxy
 from broadcasts.db import unit_of_work
 from broadcasts.link_tests import link_test_route
 from broadcasts.models import (
+    BroadcastEvent,
     BroadcastProviderMessage,
     BroadcastProviderMessageNumber,
     BroadcastProviderMessageStatus,
@@ -42,14 +44,43 @@ def test_earlier_events_are_the_strictly_earlier_ones_oldest_first(engine):
     assert first == []
 
 
-def test_an_event_with_the_same_sent_at_is_not_earlier(engine):
+def written_apart() -> None:
+    """Lets the database clock move on (SQLite's counts milliseconds), so two rows written one
+    after the other get different creation times."""
+    time.sleep(0.005)
+
+
+def test_of_two_events_with_the_same_sent_at_the_one_written_first_is_earlier(engine):
     service_id = make_service(engine)
     message_id = make_message(engine, service_id)
     moment = utcnow()
-    a = make_event(engine, service_id, message_id, sent_at=moment)
-    make_event(engine, service_id, message_id, sent_at=moment)
+    first = make_event(engine, service_id, message_id, sent_at=moment)
+    written_apart()
+    second = make_event(engine, service_id, message_id, sent_at=moment)
     with unit_of_work(engine) as session:
-        assert dao.earlier_events(session, dao.get_event(session, a)) == []
+        assert dao.earlier_events(session, dao.get_event(session, first)) == []
+        assert [e.id for e in dao.earlier_events(session, dao.get_event(session, second))] == [first]
+
+
+def test_the_database_sets_when_an_event_was_written_for_a_writer_that_does_not(engine):
+    service_id = make_service(engine)
+    message_id = make_message(engine, service_id)
+    sent_at = utcnow()
+    ids = [uuid.uuid4(), uuid.uuid4()]
+    for event_id in ids:  # as the service's API writes it: no created_at
+        with unit_of_work(engine) as session:
+            if engine.dialect.name == "postgresql":  # a writer's session in another time zone
+                session.execute(text("SET LOCAL TIME ZONE 'Pacific/Auckland'"))
+            session.execute(insert(BroadcastEvent.__table__).values(
+                id=event_id, service_id=service_id, broadcast_message_id=message_id, sent_at=sent_at,
+                message_type="alert", transmitted_areas={"names": [], "simple_polygons": []}))
+        written_apart()
+    with unit_of_work(engine) as session:
+        created = [session.get_one(BroadcastEvent, event_id).created_at for event_id in ids]
+        later = dao.earlier_events(session, session.get_one(BroadcastEvent, ids[1]))
+    assert created[0] < created[1]
+    assert abs(created[0] - sent_at) < timedelta(minutes=1)  # naive UTC, like every other time
+    assert [e.id for e in later] == [ids[0]]
 
 
 def test_no_service_provider_rows_means_every_enabled_provider_in_enabled_order(engine):

@@ -12,6 +12,7 @@ from broadcasts.errors import (
     BroadcastCancelled,
     EarlierEventFailed,
     EarlierEventPending,
+    EarlierEventRefused,
     EventExpired,
     InvalidBroadcast,
     MessageStubbed,
@@ -360,3 +361,73 @@ def test_a_cancel_is_always_sendable_and_an_update_before_the_cancel_is_not_refu
     assert ensure_not_cancelled(update, [alert]) is None
     second_cancel = make_event("cancel", sent_at=cancel.sent_at + timedelta(minutes=1))
     assert ensure_not_cancelled(second_cancel, [alert, update, cancel]) is None
+
+
+# --- rule 5: one order, even within one second ----------------------------------------------
+
+
+def written_in_one_second(*message_types: str) -> list[BroadcastEvent]:
+    """Events of one broadcast with the same `sent_at`, written (created) in the order given."""
+    events = broadcast(len(message_types))
+    for n, (event, message_type) in enumerate(zip(events, message_types)):
+        event.message_type, event.sent_at = message_type, NOW
+        event.created_at = NOW + timedelta(milliseconds=n)
+    return events
+
+
+def test_of_two_events_with_the_same_sent_at_the_one_written_later_waits_for_the_other():
+    first, second = written_in_one_second("alert", "update")
+    with pytest.raises(EarlierEventPending) as raised:
+        ensure_earlier_events_acknowledged(second, "ee", [(first, provider_message("sending", first))])
+    assert raised.value.earlier_event_id == first.id
+    assert ensure_earlier_events_acknowledged(first, "ee", [(second, provider_message("sending", second))]) is None
+
+
+def test_an_update_written_after_a_cancel_in_the_same_second_is_refused():
+    alert, cancel, update = written_in_one_second("alert", "cancel", "update")
+    with pytest.raises(BroadcastCancelled):
+        ensure_not_cancelled(update, [alert, cancel])
+
+
+# --- rule 5: a failed or refused earlier event never makes a send wait ----------------------
+
+
+REFUSAL = "event X: service S is restricted (trial mode); nothing is sent"
+
+
+def test_an_update_behind_a_refused_event_is_blocked_naming_the_refusal_and_the_replay_commands():
+    alert, refused_update, update = broadcast(3)
+    earlier = [(alert, provider_message("returned-ack", alert)), (refused_update, None)]
+    with pytest.raises(EarlierEventRefused) as raised:
+        ensure_earlier_events_acknowledged(update, "ee", earlier, NOW, {refused_update.id: REFUSAL})
+    message = str(raised.value)
+    assert isinstance(raised.value, EarlierEventFailed) and raised.value.earlier_event_id == refused_update.id
+    assert f"earlier event {refused_update.id} was refused ({REFUSAL})" in message
+    assert f"broadcasts replay {refused_update.id} ee" in message and f"broadcasts replay {update.id} ee" in message
+
+
+@pytest.mark.parametrize("earlier_state", ["technical-failure", "refused"])
+def test_a_cancel_is_not_held_by_an_earlier_event_that_failed_or_was_refused(earlier_state):
+    alert, update, cancel = broadcast(3)
+    cancel.message_type = "cancel"
+    message = provider_message("technical-failure", update) if earlier_state == "technical-failure" else None
+    earlier = [(alert, provider_message("returned-ack", alert)), (update, message)]
+    assert ensure_earlier_events_acknowledged(cancel, "ee", earlier, NOW, {update.id: REFUSAL}) is None
+
+
+@pytest.mark.parametrize("status", [None, "sending", "returned-error"], ids=["not-yet-sent", "sending", "returned-error"])
+def test_a_cancel_still_waits_for_an_earlier_event_in_progress(status):
+    alert, update, cancel = broadcast(3)
+    cancel.message_type = "cancel"
+    earlier = [(alert, provider_message("technical-failure", alert)),
+               (update, None if status is None else provider_message(status, update))]
+    with pytest.raises(EarlierEventPending) as raised:
+        ensure_earlier_events_acknowledged(cancel, "ee", earlier, NOW, {alert.id: REFUSAL})
+    assert raised.value.earlier_event_id == update.id
+
+
+def test_a_refusal_no_longer_counts_once_a_replay_gave_the_event_a_provider_message():
+    alert, update = broadcast(2)
+    with pytest.raises(EarlierEventPending):
+        ensure_earlier_events_acknowledged(update, "ee", [(alert, provider_message("sending", alert))], NOW,
+                                           {alert.id: REFUSAL})

@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import Engine, insert, inspect
 from sqlalchemy.exc import IntegrityError
 
-from broadcasts.db import unit_of_work
-from broadcasts.models import Base, BroadcastProviderMessage, BroadcastProviderMessageNumber
-from tests.factories import make_alert
+from broadcasts.db import get_engine, unit_of_work
+from broadcasts.migrate import upgrade
+from broadcasts.models import (
+    Base,
+    BroadcastEvent,
+    BroadcastMessage,
+    BroadcastProviderMessage,
+    BroadcastProviderMessageNumber,
+    BroadcastProviderMessageStatus,
+    Service,
+    utcnow,
+)
+from tests.conftest import backend, throwaway_postgres_database
+from tests.factories import SQUARE, make_alert
 
 CONTRACT_TABLES = {
     "services",
@@ -86,3 +100,50 @@ def test_one_message_number_belongs_to_one_provider_message(engine):
         session.add(BroadcastProviderMessageNumber(broadcast_provider_message_number=10**9, broadcast_provider_message_id=message.id))
     with pytest.raises(IntegrityError), unit_of_work(engine) as session:
         session.add(BroadcastProviderMessageNumber(broadcast_provider_message_number=10**9 + 1, broadcast_provider_message_id=message.id))
+
+
+@pytest.fixture
+def empty_engine(tmp_path: Path) -> Iterator[Engine]:
+    """A database of its own, with no schema yet."""
+    if backend() == "sqlite":
+        engine = get_engine(f"sqlite:///{tmp_path / 'before.db'}")
+        yield engine
+        engine.dispose()
+        return
+    with throwaway_postgres_database("broadcasts_migration") as url:
+        engine = get_engine(url)
+        yield engine
+        engine.dispose()
+
+
+def test_upgrading_a_database_with_events_keeps_them_their_order_and_what_refers_to_them(empty_engine):
+    upgrade(empty_engine, "0002")  # before events had a creation time
+    sent_at, ids = utcnow(), sorted(uuid.uuid4() for _ in range(2))
+    message_id, service_id, provider_message_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    with unit_of_work(empty_engine) as session:
+        session.execute(insert(Service.__table__).values(id=service_id, name="s", active=True, restricted=False))
+        session.execute(insert(BroadcastMessage.__table__).values(
+            id=message_id, service_id=service_id, content="c", areas={"simple_polygons": [SQUARE]},
+            status="broadcasting", stubbed=False, created_at=sent_at))
+        for event_id in ids:
+            session.execute(insert(BroadcastEvent.__table__).values(
+                id=event_id, service_id=service_id, broadcast_message_id=message_id, sent_at=sent_at,
+                message_type="alert", transmitted_content={"body": "b"}, transmitted_areas={"simple_polygons": []}))
+        session.execute(insert(BroadcastProviderMessage.__table__).values(
+            id=provider_message_id, broadcast_event_id=ids[0], provider="ee", status="sending", created_at=sent_at))
+        session.execute(insert(BroadcastProviderMessageStatus.__table__).values(
+            broadcast_provider_message_id=provider_message_id, status="sending", created_at=sent_at))
+
+    upgrade(empty_engine)
+
+    with unit_of_work(empty_engine) as session:
+        events = [session.get_one(BroadcastEvent, event_id) for event_id in ids]
+        assert [e.created_at for e in events] == [sent_at, sent_at]  # unknown: the order stays by id
+        assert session.get_one(BroadcastProviderMessage, provider_message_id).broadcast_event_id == ids[0]
+        later = insert(BroadcastEvent.__table__).values(
+            id=uuid.uuid4(), service_id=service_id, broadcast_message_id=message_id, sent_at=sent_at,
+            message_type="update", transmitted_areas={"simple_polygons": []})
+        created = session.get_one(BroadcastEvent, session.execute(later.returning(BroadcastEvent.id)).scalar_one())
+        assert timedelta(0) <= created.created_at - sent_at < timedelta(minutes=1)
+    with pytest.raises(IntegrityError), unit_of_work(empty_engine) as session:  # foreign keys still hold
+        session.add(BroadcastProviderMessage(broadcast_event_id=uuid.uuid4(), provider="ee", status="sending"))

@@ -133,6 +133,13 @@ def test_a_provider_refused_is_not_dispatched_but_the_others_are(engine):
     assert to_dispatch(engine, event_id) == {event_id: "vodafone not acknowledged (vodafone no provider message)"}
 
 
+def test_a_replay_under_way_after_a_refusal_is_unfinished_as_a_later_event_would_wait_for_it(engine):
+    event_id = written_ago(engine)
+    refuse(engine, event_id, *ENABLED)
+    set_status(engine, event_id, ee=RETURNED_ERROR)  # a replay once the service was live again
+    assert to_dispatch(engine, event_id) == {event_id: "ee not acknowledged (ee returned-error)"}
+
+
 def test_events_that_every_provider_would_refuse_are_not_dispatched(engine):
     stubbed_service = make_service(engine)
     stubbed = make_event(engine, stubbed_service, make_message(engine, stubbed_service, stubbed=True),

@@ -1,6 +1,8 @@
-"""What the Prefect UI's "Retry" of a failed send-broadcast-event run and a "Custom run" of
-send-provider-message do, through the same client calls the UI makes, with `serve` running: only
-the providers that have not acknowledged are sent to, with the identifiers they already have."""
+"""What the Prefect UI's "Retry" of a failed send-broadcast-event run and a "Custom run" do, through
+the same client calls the UI makes, with `serve` running. A Retry is automatic: it sends nothing
+to a provider that ended technical-failure. A Custom run of send-provider-message, or of
+send-broadcast-event with `replay_failed`, replays it; either way only the providers that have not
+acknowledged are sent to, with the identifiers they already have."""
 
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ def update_failing_on_vodafone(engine, sim):  # type: ignore[no-untyped-def]
     return update, repair
 
 
-def test_retry_from_the_ui_resends_only_the_unacknowledged_provider_with_its_identifier(environment, engine, sim):
+def test_retry_from_the_ui_leaves_a_technical_failure_and_a_custom_run_replays_only_it(environment, engine, sim):
     with serving():
         update, repair = update_failing_on_vodafone(engine, sim)
         run_id = start_run(update)
@@ -62,7 +64,16 @@ def test_retry_from_the_ui_resends_only_the_unacknowledged_provider_with_its_ide
 
         with get_client(sync_client=True) as client:  # what the UI's "Retry" button sends
             client.set_flow_run_state(uuid.UUID(run_id), AwaitingRetry(message="Retry from the UI"))
-        assert wait_for_runs([run_id], 60) == {run_id: "COMPLETED"}
+        assert wait_for_runs([run_id], 60) == {run_id: "FAILED"}
+        with get_client(sync_client=True) as client:
+            assert f"broadcasts send-event {update}" in client.read_flow_run(uuid.UUID(run_id)).state.message
+        assert sim.invocations() == [] and statuses(engine, update)["vodafone"].history == before["vodafone"].history
+
+        with get_client(sync_client=True) as client:  # a Custom run with replay_failed set
+            deployment = client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT)
+            custom = str(client.create_flow_run_from_deployment(
+                deployment.id, parameters={"broadcast_event_id": str(update), "replay_failed": True}).id)
+        assert wait_for_runs([custom], 60) == {custom: "COMPLETED"}
 
     after = statuses(engine, update)
     assert {s.status for s in after.values()} == {"returned-ack"}

@@ -10,12 +10,15 @@ import time
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import update
 
 from broadcasts import dispatch
 from broadcasts.cbc_proxy import get_proxy
-from broadcasts.errors import AllRoutesFailed
-from broadcasts.models import utcnow
+from broadcasts.db import unit_of_work
+from broadcasts.errors import AllRoutesFailed, ServiceNotLive
+from broadcasts.models import Service, utcnow
 from broadcasts.settings import get_settings
+from flows.send_broadcast_event import send_broadcast_event
 from tests.conftest import PROJECT_ROOT
 from tests.factories import make_alert, make_event, make_message, make_service
 from tests.flows.helpers import calls_for, in_thread, provider_message_count, run_event, run_replay, statuses
@@ -175,3 +178,41 @@ def test_replay_sends_nothing_when_dispatch_is_disabled_or_the_provider_is_not_a
     configure(CBC_PROXY_ENABLED="false")
     assert "disabled" in run_replay(event_id, "ee").message
     assert sim.invocations() == []
+
+
+def test_an_automatic_run_leaves_a_provider_refused_mid_retry_to_an_operator_and_sends_the_others(configure, engine, sim):
+    configure(ENABLED_CBCS="ee,vodafone")
+    service_id = make_service(engine)
+    event_id = make_event(engine, service_id, make_message(engine, service_id))
+    settings = get_settings()
+
+    def send_ee() -> None:
+        dispatch.send_to_provider(engine, get_proxy(settings), event_id, "ee", headline="h", enabled=settings.enabled_cbcs)
+
+    sim.fault("ee-1-proxy", http_status=500, times=1)
+    sim.fault("ee-2-proxy", http_status=500, times=1)
+    with pytest.raises(AllRoutesFailed):
+        send_ee()
+    _set_restricted(engine, service_id, True)  # its retry is refused: ee ends technical-failure
+    with pytest.raises(ServiceNotLive):
+        send_ee()
+    _set_restricted(engine, service_id, False)
+    identifier = statuses(engine, event_id)["ee"].identifier
+    sim.reset()
+
+    automatic = run_event(event_id)  # as the webhook, the event trigger, resume-dispatch or a UI Retry start it
+
+    assert automatic.is_failed() and f"`broadcasts send-event {event_id}`" in automatic.message
+    assert _functions(sim) == ["vodafone-1-proxy"]
+    assert statuses(engine, event_id)["ee"].status == "technical-failure"
+
+    replayed = send_broadcast_event(str(event_id), replay_failed=True, return_state=True)  # `broadcasts send-event`
+
+    assert replayed.is_completed(), replayed.message
+    assert [(c["function"], c["payload"]["identifier"]) for c in sim.invocations()[1:]] == [
+        ("ee-1-proxy", str(identifier))]
+
+
+def _set_restricted(engine, service_id, restricted: bool) -> None:  # type: ignore[no-untyped-def]
+    with unit_of_work(engine) as session:
+        session.execute(update(Service).where(Service.id == service_id).values(restricted=restricted))

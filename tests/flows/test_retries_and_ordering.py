@@ -6,13 +6,18 @@ import time
 from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import update as update_rows
 
-from broadcasts.models import utcnow
+from broadcasts.db import unit_of_work
+from broadcasts.models import Service, utcnow
 from broadcasts.retry import scaled_delays
-from tasks.send_provider_message import PROVIDER_BLOCKED_EVENT
+from tasks.send_provider_message import PROVIDER_BLOCKED_EVENT, PROVIDER_WAITING_EVENT
+from tests.broadcasts.test_dao import written_apart
+from tests.broadcasts.test_dispatch_records import fail_both_routes
 from tests.factories import make_alert, make_event, make_message, make_service
 from tests.flows.helpers import (
     calls_for,
+    eventually,
     finishes_at,
     in_thread,
     prefect_events,
@@ -126,7 +131,7 @@ def test_an_earlier_technical_failure_blocks_later_events_and_announces_it(confi
     assert announced[0]["payload"]["message"] == status.last_error
 
 
-def test_later_events_and_events_sent_at_the_same_moment_do_not_block(configure, engine, sim):
+def test_events_sent_in_the_same_second_reach_the_network_in_the_order_they_were_written(configure, engine, sim):
     configure(ENABLED_CBCS="ee")
     service_id = make_service(engine)
     message_id = make_message(engine, service_id)
@@ -134,10 +139,94 @@ def test_later_events_and_events_sent_at_the_same_moment_do_not_block(configure,
     alert = make_event(engine, service_id, message_id, sent_at=start)
     assert run_event(alert).is_completed()
     first = make_event(engine, service_id, message_id, message_type="update", sent_at=start + timedelta(seconds=1))
-    same = make_event(engine, service_id, message_id, message_type="update", sent_at=start + timedelta(seconds=1))
+    written_apart()
+    second = make_event(engine, service_id, message_id, message_type="update", sent_at=start + timedelta(seconds=1))
     make_event(engine, service_id, message_id, message_type="update", sent_at=start + timedelta(seconds=2))
 
-    assert run_event(same).is_completed()  # `first` (same sent_at) has not been sent, and does not block
-    assert run_event(first).is_completed()  # the later, unsent update does not block it
+    states = {}  # `second` is triggered first; the later, unsent update holds neither back
+    second_run = in_thread(lambda: states.setdefault("second", run_event(second)))
+    waiting = eventually(lambda: (ee := statuses(engine, second).get("ee")) and ee.last_error, 10)
+    states["first"] = run_event(first)
+    second_run.join(60)
+
+    assert waiting == f"waiting for event {first} (update, not yet acknowledged by ee)"
+    assert states["first"].is_completed() and states["second"].is_completed(), states
     identifiers = [c["payload"]["identifier"] for c in sim.invocations()]
-    assert identifiers == [str(statuses(engine, e)["ee"].identifier) for e in (alert, same, first)]
+    assert identifiers == [str(statuses(engine, e)["ee"].identifier) for e in (alert, first, second)]
+
+
+def _restricted(engine, service_id, restricted: bool) -> None:  # type: ignore[no-untyped-def]
+    with unit_of_work(engine) as session:
+        session.execute(update_rows(Service).where(Service.id == service_id).values(restricted=restricted))
+
+
+def _update_refused_behind_an_acknowledged_alert(engine):  # type: ignore[no-untyped-def]
+    """The alert reaches ee; the service is briefly restricted while its update is triggered
+    (refused: no provider message); then it is live again."""
+    service_id = make_service(engine)
+    message_id = make_message(engine, service_id)
+    start = utcnow()
+    alert = make_event(engine, service_id, message_id, sent_at=start)
+    assert run_event(alert).is_completed()
+    _restricted(engine, service_id, True)
+    refused = make_event(engine, service_id, message_id, message_type="update", sent_at=start + timedelta(seconds=1))
+    assert "restricted" in run_event(refused).message
+    _restricted(engine, service_id, False)
+    return service_id, message_id, start, refused
+
+
+def test_a_cancel_behind_an_update_refused_while_the_service_was_restricted_is_sent_at_once(configure, engine, sim):
+    configure(ENABLED_CBCS="ee")
+    service_id, message_id, start, _ = _update_refused_behind_an_acknowledged_alert(engine)
+    cancel = make_event(engine, service_id, message_id, message_type="cancel", sent_at=start + timedelta(seconds=2),
+                        expires_in=timedelta(seconds=20))  # a wait for the refused update would end here
+
+    state = run_event(cancel)
+
+    assert state.is_completed(), state.message
+    ee = statuses(engine, cancel)["ee"]
+    assert ee.status == "returned-ack" and [c["payload"]["message_type"] for c in calls_for(sim, ee.identifier)] == [
+        "cancel"]
+
+
+def test_an_update_behind_a_refused_update_is_blocked_and_announced(configure, engine, sim):
+    configure(ENABLED_CBCS="ee")
+    since = utcnow()
+    service_id, message_id, start, refused = _update_refused_behind_an_acknowledged_alert(engine)
+    later = make_event(engine, service_id, message_id, message_type="update", sent_at=start + timedelta(seconds=2),
+                       expires_in=timedelta(seconds=20))  # a wait for the refused update would end here
+
+    state = run_event(later)
+
+    assert state.is_failed()
+    ee = statuses(engine, later)["ee"]
+    assert ee.status == "technical-failure" and f"earlier event {refused} was refused" in ee.last_error
+    announced = eventually(lambda: prefect_events(PROVIDER_BLOCKED_EVENT, since), 10, every=0.2)
+    assert [(e["payload"]["event_id"], e["payload"]["earlier_event_id"]) for e in announced] == [(str(later), str(refused))]
+
+
+def test_a_send_waiting_longer_than_the_longest_retry_interval_pages_once(configure, engine, sim):
+    # Scale 0.01: the longest interval is 2.4 s; the alert fails on ee for about 7 s (11 attempts).
+    configure(ENABLED_CBCS="ee", BROADCAST_RETRY_DELAY_SCALE="0.01")
+    since = utcnow()
+    fail_both_routes(sim, times=11)
+    service_id = make_service(engine)
+    message_id = make_message(engine, service_id)
+    alert = make_event(engine, service_id, message_id)
+    states = {}
+    alert_run = in_thread(lambda: states.setdefault("alert", run_event(alert)))
+    assert eventually(lambda: (ee := statuses(engine, alert).get("ee")) and ee.status == "returned-error", 30)
+    waiting = make_event(engine, service_id, message_id, message_type="update")
+    states["update"] = run_event(waiting)
+    alert_run.join(60)
+
+    assert states["alert"].is_completed() and states["update"].is_completed(), states
+    paged = eventually(lambda: prefect_events(PROVIDER_WAITING_EVENT, since), 10, every=0.2)
+    time.sleep(1)  # a second page, wrongly emitted, would have arrived by now too
+    assert prefect_events(PROVIDER_WAITING_EVENT, since) == paged and len(paged) == 1
+    payload = paged[0]["payload"]
+    assert (payload["event_id"], payload["provider"], payload["earlier_event_id"]) == (str(waiting), "ee", str(alert))
+    assert payload["waited_seconds"] >= 2 and f"see `broadcasts status {alert}`" in payload["message"]
+    assert paged[0]["resource"]["prefect.resource.id"] == f"broadcasts.event.{waiting}"
+    history = statuses(engine, waiting)["ee"].history
+    assert [h.detail.get("paged", False) for h in history if h.detail and "waiting_for" in h.detail] == [False, True]
