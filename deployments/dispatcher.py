@@ -5,14 +5,18 @@ Every run stays a normal run of its deployment (`send-broadcast-event`, `send-pr
 the webhook, the trigger, resume-dispatch and the UI create it as before, and this process runs it
 with its task runs and logs. Why no run is executed twice, or left behind:
 
-- a run is executed only by the process whose Pending proposal the server accepted; the server
-  aborts a Pending proposal for a run already Pending or further, so two dispatchers (or a
-  dispatcher and a worker) never both execute one run;
+- a run is executed only by the process whose Pending proposal made it Pending; the server aborts
+  a Pending proposal for a run already Pending or further, so two dispatchers (or a dispatcher and
+  a worker) never both execute one run. A proposal whose reply was lost is resent by the client
+  and answered with the run's current state: when that is the Pending carrying our transition id,
+  the run is ours (deployments/claim.py);
 - a run is claimed only if, read just before the claim, it is Scheduled (AwaitingRetry, what the
   UI's Retry sets, is a Scheduled state) and due: a new events subscriber replays the last minute
   of events, and a run scheduled for later announces itself when it is created;
 - the flow's result is persisted, so the server itself refuses to move a Completed run back to
   Pending (it accepts that for runs without a persisted result);
+- a run is claimed only when a thread is free to run it now: nothing waits in a queue inside this
+  process, so a run left unclaimed stays Scheduled, for another process or the next poll;
 - stopping (SIGTERM, Ctrl-C) stops claiming first, leaves runs not yet claimed Scheduled for
   another process, and waits for the runs already claimed: nothing is left Pending;
 - events are best effort (dropped under backlog, missed while reconnecting): a poll every second
@@ -21,13 +25,21 @@ with its task runs and logs. Why no run is executed twice, or left behind:
 A SIGKILLed dispatcher leaves its runs Running: they stop sending heartbeats, the zombie-run
 automation marks them Crashed and resume-dispatch sends them again with the same identifiers.
 
-Cancel in the UI does not stop a run here: Prefect cancels by killing the run's process, and a
-thread cannot be killed. The run shows Cancelling while it goes on exactly as if not cancelled:
-task retries are decided in this process, so a failing network is retried on its schedule until
-it acknowledges or the event expires. When the flow ends this process marks the run Cancelled
-(the server refuses the flow's own final state after a cancel, which would leave it Cancelling).
-A send usually takes well under a second, so a cancel mostly arrives after the sends; to stop
-retries sooner, the retry decision in tasks/ would have to read the run's state.
+How many runs at once. A run retrying a network that is down keeps its thread (asleep, holding no
+database connection) until the network answers or the alert expires, and during an outage every
+alert live at the time is such a run. With one bound on all runs, those runs filled it and a new
+alert waited behind them. So `max_runs` counts only runs that have just started (their first
+START_SECONDS here; a healthy run takes about a second): a run still going after that no longer
+counts, and all runs together are held to a much larger MAX_HELD, sized from what a waiting run
+was measured to cost; past it, new runs stay Scheduled for another process. A reserve of threads
+for new runs alone would not hold: a new alert that then waits for the same dead network keeps
+its reserved thread, and one outage uses the reserve up.
+
+Cancel in the UI cannot kill a thread, so the provider-send task reads its run's state before each
+retry and after each failed attempt, and stops when it is Cancelling: the provider message ends
+`technical-failure` with the reason (tasks/run_cancel.py), so resume-dispatch leaves it. When the
+flow ends this process marks the run Cancelled (the server refuses the flow's own final state
+after a cancel, which would leave it Cancelling until Prefect's cleanup 300 s later).
 
 Stopping waits for runs under way, which for a run retrying a failing network lasts until it is
 acknowledged or the event expires; a second signal ends the process at once (recovered as above).
@@ -38,17 +50,18 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from prefect import flow, task
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.client.schemas.responses import SetStateStatus
 from prefect.context import SyncClientContext
 from prefect.events.clients import get_events_subscriber
 from prefect.exceptions import ObjectNotFound
@@ -56,13 +69,14 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFil
 from prefect.flow_engine import run_flow
 from prefect.logging import get_logger
 from prefect.settings import PREFECT_TASKS_DEFAULT_PERSIST_RESULT, temporary_settings
-from prefect.states import Cancelled, Pending
+from prefect.states import Cancelled
 from sqlalchemy import text
 
 from broadcasts.cbc_proxy import get_proxy
 from broadcasts.db import get_engine, unit_of_work
 from broadcasts.settings import get_settings
 from deployments import names
+from deployments.claim import propose_pending
 from deployments.serve import client_settings
 from flows.send_broadcast_event import send_broadcast_event
 from flows.send_provider_message import send_provider_message
@@ -80,13 +94,28 @@ ALERT_FLOWS = {names.SEND_EVENT_DEPLOYMENT: send_broadcast_event.with_options(pe
 logger = get_logger("broadcasts.dispatcher")
 
 
-# Runs at once. A run retrying a network that is down keeps its thread (asleep, holding no
-# database connection) until the network answers or the alert expires, so the bound is far above
-# the alerts live at once; past it, new runs stay Scheduled for another process. The database
-# pool is not the limit: a send takes its connection (the per-message lock) only once it holds
-# its network's slot, so one process holds about two connections per network whatever the number
-# of runs (broadcasts/dispatch.py, `_attempt`; the pool is made in broadcasts/db.py).
+# Runs just started at once (the CLI's --max-runs): past it, new runs stay Scheduled for another
+# process or the next poll, so a burst is shared between dispatchers instead of crowding one.
 MAX_RUNS = 64
+# How long a run counts as just started: a healthy run has finished long before.
+START_SECONDS = 10.0
+# Runs held at once in all, starting or asleep between retries (see the module docstring), four
+# times the alerts live at once that MAX_RUNS was already far above. A waiting run was measured
+# (benchmarks/idle_runs.py, 0 → 100 runs waiting for a dead EE: 147 → 393 MiB) to cost about
+# 2.5 MiB of resident memory, 7 threads (its own, the task runner's, the heartbeat) and one
+# Prefect API connection, so 256 cost about 650 MiB. Database connections did not grow past 10
+# (the pool keeps 10): a send takes its connection (the per-message lock) only once it holds its
+# network's slot (broadcasts/dispatch.py, `_attempt`; the pool is made in broadcasts/db.py).
+MAX_HELD = 256
+
+
+@dataclass
+class _Held:
+    """A run this process has taken a thread for: since when, and whether it was offered again
+    meanwhile (a UI Retry while the engine still finishes the run), an offer kept for afterwards."""
+
+    since: float
+    offered_again: bool = False
 
 
 @task(name="dispatcher-warm-up-check")
@@ -111,15 +140,15 @@ def _warm_up() -> None:
 class Dispatcher:
     """Claims and runs the alert deployments' runs; `start()` returns once it listens."""
 
-    def __init__(self, max_runs: int | None = None, poll_seconds: float = POLL_SECONDS) -> None:
+    def __init__(self, max_runs: int | None = None, poll_seconds: float = POLL_SECONDS,
+                 max_held: int = MAX_HELD, start_seconds: float = START_SECONDS) -> None:
         self.max_runs = max_runs or MAX_RUNS
-        self.poll_seconds = poll_seconds
+        self.max_held = max(max_held, self.max_runs)
+        self.poll_seconds, self.start_seconds = poll_seconds, start_seconds
         self._flows: dict[uuid.UUID, Any] = {}
         self._stopping = threading.Event()
-        # Runs queued or running here, each with whether it was offered again meanwhile (a UI
-        # Retry while the engine still finishes the run): that offer is kept for afterwards.
-        self._offered: dict[uuid.UUID, bool] = {}
-        self._offered_lock = threading.Lock()
+        self._held: dict[uuid.UUID, _Held] = {}  # runs being read, claimed or run here
+        self._held_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._clients: list[SyncPrefectClient] = []
         self._threads: list[threading.Thread] = []
@@ -143,7 +172,7 @@ class Dispatcher:
                     _warmed_up.set()
                 else:  # only the first alert is slower
                     logger.warning("the warm-up run failed (see its logs); dispatching without it")
-            self._pool = ThreadPoolExecutor(self.max_runs, thread_name_prefix="alert-run",
+            self._pool = ThreadPoolExecutor(self.max_held, thread_name_prefix="alert-run",
                                             initializer=self._prepare_worker, initargs=(contextvars.copy_context(),))
             for target in (self._listen, self._poll):
                 thread = threading.Thread(target=contextvars.copy_context().run, args=(target,),
@@ -178,19 +207,28 @@ class Dispatcher:
         self._clients.append(clients.client)
 
     def offer(self, run_id: uuid.UUID) -> None:
-        """Queues a run to be read and, if the rules allow, claimed and run (once at a time)."""
-        with self._offered_lock:
+        """Gives a run a free thread to be read and, if the rules allow, claimed and run (once at a
+        time); with no thread free it is left alone, Scheduled, for another process or the next poll."""
+        with self._held_lock:
             if self._pool is None or self._stopping.is_set():
                 return
-            if run_id in self._offered:
-                self._offered[run_id] = True
+            if run_id in self._held:
+                self._held[run_id].offered_again = True
                 return
-            self._offered[run_id] = False
+            if not self._room():
+                return
+            self._held[run_id] = _Held(time.monotonic())
         try:
             self._pool.submit(self._claim_and_run, run_id)
         except RuntimeError:  # the pool shut down between the check and the submit
-            with self._offered_lock:
-                self._offered.pop(run_id, None)
+            with self._held_lock:
+                self._held.pop(run_id, None)
+
+    def _room(self) -> bool:
+        """Whether a thread is free for one more run now (called holding `_held_lock`)."""
+        now = time.monotonic()
+        starting = sum(1 for held in self._held.values() if now - held.since < self.start_seconds)
+        return starting < self.max_runs and len(self._held) < self.max_held
 
     def _claim_and_run(self, run_id: uuid.UUID) -> None:
         try:
@@ -204,9 +242,9 @@ class Dispatcher:
         except Exception:  # one run's failure must not stop the dispatcher
             logger.exception("flow run %s: claiming or running it failed", run_id)
         finally:
-            with self._offered_lock:
-                again = self._offered.pop(run_id, False)
-            if again:
+            with self._held_lock:
+                held = self._held.pop(run_id, None)
+            if held is not None and held.offered_again:
                 self.offer(run_id)
 
     def _claim(self, client: SyncPrefectClient, run_id: uuid.UUID) -> FlowRun | None:
@@ -224,10 +262,10 @@ class Dispatcher:
                 timer.daemon = True
                 timer.start()
             return None
-        result = client.set_flow_run_state(run_id, Pending())
-        if result.status != SetStateStatus.ACCEPT:
+        claimed = propose_pending(client, run_id)
+        if claimed is None:
             return None  # another process claimed it first
-        run.state = result.state
+        run.state = claimed
         logger.info("flow run %s (%s) claimed", run.name, run_id)
         return run
 
@@ -271,17 +309,19 @@ class Dispatcher:
 
 def _finish_if_cancelled(client: SyncPrefectClient, run: FlowRun) -> None:
     if client.read_flow_run(run.id).state.type == StateType.CANCELLING:
+        event_id = run.parameters.get("broadcast_event_id")
         client.set_flow_run_state(run.id, Cancelled(
-            message="cancelled while running: it went on until every network acknowledged or the "
-            f"event expired; see `broadcasts status {run.parameters.get('broadcast_event_id')}`"))
+            message="cancelled by an operator: a send not yet acknowledged stops at its next retry and "
+            f"ends technical-failure; see `broadcasts status {event_id}` (`broadcasts replay {event_id} "
+            "PROVIDER` sends one again)"))
 
 
 @contextmanager
-def dispatching(max_runs: int | None = None) -> Iterator[Dispatcher]:
+def dispatching(max_runs: int | None = None, **options: Any) -> Iterator[Dispatcher]:
     """A started dispatcher with the production client settings (heartbeats on, for the zombie-run
-    automation), stopped and drained at the end."""
+    automation), stopped and drained at the end. `options`: the Dispatcher's other bounds."""
     with client_settings():
-        dispatcher = Dispatcher(max_runs)
+        dispatcher = Dispatcher(max_runs, **options)
         try:
             dispatcher.start()
             yield dispatcher

@@ -14,14 +14,17 @@ from prefect.events import emit_event
 from broadcasts import dispatch, retry
 from broadcasts.cbc_proxy import get_proxy
 from broadcasts.db import get_engine
-from broadcasts.errors import EarlierEventFailed, NotSendable, RetryableError
+from broadcasts.errors import EarlierEventFailed, EarlierEventPending, NotSendable, RetryableError
 from broadcasts.models import utcnow
 from broadcasts.settings import get_settings
 from tasks.provider_limits import ensure_limits, provider_slot, slot_wait_seconds
+from tasks.run_cancel import stopped_if_run_cancelled
 
 logger = logging.getLogger(__name__)
 # Emitted when a send is blocked behind an earlier event's technical-failure (an operator alert).
 PROVIDER_BLOCKED_EVENT = "broadcast.provider.blocked"
+# Emitted once per earlier event when a send has waited for it past the longest retry interval.
+PROVIDER_WAITING_EVENT = "broadcast.provider.waiting"
 
 
 def should_retry(task: Any, task_run: Any, state: Any) -> bool:
@@ -69,28 +72,39 @@ class DelaysCutAtExpiry(list[float]):
     retry_delay_seconds=retry.RETRY_DELAYS,
     retry_condition_fn=should_retry,
 )
-def send_to_provider(broadcast_event_id: str, provider: str) -> dispatch.SendResult:
+def send_to_provider(broadcast_event_id: str, provider: str, replay_failed: bool = False) -> dispatch.SendResult:
+    """`replay_failed`: an operator's replay, which alone sends a technical-failure message again."""
     logger = get_run_logger()
     settings = get_settings()
     slot_timeout = slot_wait_seconds(settings)
+    long_wait = retry.MAX_DELAY_SECONDS * settings.broadcast_retry_delay_scale
+    engine = get_engine(settings.database_url)
     try:
-        ensure_limits([provider])
-        result = dispatch.send_to_provider(
-            get_engine(settings.database_url),
-            get_proxy(settings),
-            uuid.UUID(broadcast_event_id),
-            provider,
-            headline=settings.broadcast_headline,
-            enabled=settings.enabled_cbcs,
-            provider_slot=lambda: provider_slot(provider, slot_timeout),
-        )
+        with stopped_if_run_cancelled(engine, broadcast_event_id, provider):  # an operator's Cancel
+            ensure_limits([provider])
+            result = dispatch.send_to_provider(
+                engine,
+                get_proxy(settings),
+                uuid.UUID(broadcast_event_id),
+                provider,
+                headline=settings.broadcast_headline,
+                enabled=settings.enabled_cbcs,
+                provider_slot=lambda: provider_slot(provider, slot_timeout),
+                mode=dispatch.Mode(replay_failed=replay_failed, long_wait_seconds=long_wait),
+            )
     except RetryableError as error:
         logger.warning("%s: %s", type(error).__name__, error)
+        if isinstance(error, EarlierEventPending) and error.page_due:  # once per earlier event
+            logger.error("%s", error.long_wait())
+            _announce(PROVIDER_WAITING_EVENT, broadcast_event_id, provider,
+                      earlier_event_id=str(error.earlier_event_id), waited_seconds=round(error.waited_seconds),
+                      message=error.long_wait())
         raise
     except NotSendable as error:
         logger.error("%s: %s", type(error).__name__, error)
         if isinstance(error, EarlierEventFailed):
-            _announce_blocked(broadcast_event_id, provider, error)
+            _announce(PROVIDER_BLOCKED_EVENT, broadcast_event_id, provider,
+                      earlier_event_id=str(error.earlier_event_id), message=str(error))
         raise
     logger.info(
         "%s acknowledged event %s as %s%s",
@@ -100,18 +114,17 @@ def send_to_provider(broadcast_event_id: str, provider: str) -> dispatch.SendRes
     return result
 
 
-def _announce_blocked(event_id: str, provider: str, error: EarlierEventFailed) -> None:
+def _announce(name: str, event_id: str, provider: str, **payload: Any) -> None:
     try:
         emit_event(
-            event=PROVIDER_BLOCKED_EVENT,
+            event=name,
             resource={"prefect.resource.id": f"broadcasts.event.{event_id}", "prefect.resource.name": event_id},
             related=[{"prefect.resource.id": f"broadcasts.provider.{provider}", "prefect.resource.role": "provider",
                       "prefect.resource.name": provider}],
-            payload={"event_id": event_id, "provider": provider,
-                     "earlier_event_id": str(error.earlier_event_id), "message": str(error)},
+            payload={"event_id": event_id, "provider": provider, **payload},
         )
     except Exception:  # the record in the database matters more than the page
-        logger.warning("could not emit %s", PROVIDER_BLOCKED_EVENT, exc_info=True)
+        logger.warning("could not emit %s", name, exc_info=True)
 
 
 def planned_for(finishes_at: datetime | None, scale: float) -> Task[Any, dispatch.SendResult]:

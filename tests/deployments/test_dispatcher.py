@@ -1,5 +1,7 @@
 """The warm dispatcher against the real test Prefect server: each claim rule of
-deployments/dispatcher.py, a run's life as a normal deployment run, and the command's shutdown."""
+deployments/dispatcher.py, a run's life as a normal deployment run, and the command's shutdown.
+A lost claim reply, a Cancel and how many runs it takes have files of their own
+(test_dispatcher_claim.py, test_dispatcher_cancel.py, test_dispatcher_capacity.py)."""
 
 from __future__ import annotations
 
@@ -16,14 +18,14 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.responses import SetStateStatus
-from prefect.states import AwaitingRetry, Cancelling, Pending, Scheduled
+from prefect.states import AwaitingRetry, Pending, Scheduled
 
 from deployments import names
 from deployments.dispatcher import dispatching
 from deployments.serve import register_alert_deployments
 from tests.conftest import PROJECT_ROOT, backend
 from tests.deployments.serving import BROADCASTS, start_run, wait_for_runs
-from tests.factories import make_alert, make_event, make_message, make_service
+from tests.factories import make_alert
 from tests.flows.helpers import calls_for, eventually, prefect_events, statuses
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "alert_deployments")
@@ -148,26 +150,6 @@ def test_a_provider_failing_on_both_routes_is_retried_with_the_same_identifier(c
     ee = statuses(engine, event_id)["ee"]
     assert ee.status == "returned-ack" and ee.attempts == 2
     assert [c["function"] for c in calls_for(sim, ee.identifier)] == ["ee-1-proxy", "ee-2-proxy", "ee-1-proxy"]
-
-
-def test_a_run_cancelled_in_the_ui_goes_on_until_it_ends_and_is_then_marked_cancelled(configure, environment, engine, sim):
-    """What the module docstring says: a thread cannot be killed, so Cancel does not stop the
-    sends; the run is not left Cancelling (and so never taken for a dead run) once it ends."""
-    configure(ENABLED_CBCS="ee,o2", BROADCAST_RETRY_DELAY_SCALE="0.1")
-    sim.fault("ee-1-proxy", http_status=500, times=100)
-    sim.fault("ee-2-proxy", http_status=500, times=100)
-    service_id = make_service(engine)
-    event_id = make_event(engine, service_id, make_message(engine, service_id), expires_in=timedelta(seconds=2))
-    with dispatching(), get_client(sync_client=True) as client:
-        run_id = start_run(event_id)
-        assert eventually(lambda: len(sim.invocations("ee-2-proxy")) >= 1, 10)
-        assert client.set_flow_run_state(run_id, Cancelling()).status == SetStateStatus.ACCEPT  # the UI's Cancel
-        at_cancel = len(sim.invocations("ee-2-proxy"))
-        assert wait_for_runs([run_id], 20) == {run_id: "CANCELLED"}
-        assert "went on until" in client.read_flow_run(run_id).state.message
-    found = statuses(engine, event_id)
-    assert found["o2"].status == "returned-ack" and found["ee"].status == "technical-failure"  # expired
-    assert len(sim.invocations("ee-2-proxy")) > at_cancel  # retried after the cancel
 
 
 def test_stopping_finishes_the_claimed_runs_and_leaves_the_rest_scheduled(environment, engine, sim):

@@ -1,0 +1,47 @@
+"""Claiming a flow run: the Pending proposal the server accepts decides the one process that runs it.
+
+A reply can be lost after the server committed the proposal (a reset connection, a 502 from a
+proxy in front of the API). The Prefect client then sends the same request again, and the server,
+seeing the same `transition_id` twice (its `PreventDuplicateTransitions` rule), rejects the repeat
+and answers with the run's current state: our own Pending. Taking only ACCEPT as a claim left such
+a run Pending with nobody to run it. So a claim is ours when the server accepted it, or when the
+state it answers is Pending with our transition id.
+
+Prefect's worker (`BaseWorker._propose_pending_state`) takes any Pending answer as its own. That
+is looser than needed: a Pending another process set carries its transition id, not ours, and is
+left alone (the server answers that proposal ABORT, but the rule here does not rest on that).
+`SyncPrefectClient.set_flow_run_state` draws a fresh transition id inside and does not return it,
+so the proposal is posted here, with an id of our own.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas import OrchestrationResult
+from prefect.client.schemas.objects import State, StateType
+from prefect.client.schemas.responses import SetStateStatus
+from prefect.states import Pending, to_state_create
+
+
+def propose_pending(client: SyncPrefectClient, run_id: uuid.UUID, transition_id: uuid.UUID | None = None
+                    ) -> State | None:
+    """The run's Pending state if this proposal made it (accepted, or answered as a repeat of this
+    same transition); None if another proposer's state stands. `transition_id` is fresh unless
+    given (a caller repeating its own proposal passes the same one)."""
+    transition_id = transition_id or uuid.uuid4()
+    proposal = to_state_create(Pending())
+    proposal.state_details.flow_run_id = run_id
+    proposal.state_details.transition_id = transition_id
+    response = client.request(
+        "POST", "/flow_runs/{id}/set_state", path_params={"id": run_id},
+        json={"state": proposal.model_dump(mode="json", serialize_as_any=True), "force": False},
+    )
+    result: OrchestrationResult[object] = OrchestrationResult.model_validate(response.json())
+    state = result.state
+    if state is None or state.type != StateType.PENDING:
+        return None
+    if result.status == SetStateStatus.ACCEPT or state.state_details.transition_id == transition_id:
+        return state
+    return None
