@@ -6,9 +6,12 @@ process died, and the operator alerts.
   misses `MISSED_HEARTBEATS` of them is marked Crashed, so resume-dispatch can take it over.
 - With ALERT_NOTIFICATION_BLOCK set (`<block type slug>/<block name>`, e.g.
   `slack-webhook/on-call`), each alert sends a notification through that block naming what
-  happened and what to do: a send run that ended Failed or Crashed, an event blocked behind an
-  earlier event's technical-failure, a stuck provider slot, a failed link-test run, and a route
-  that failed several link-test runs in a row.
+  happened and what to do: a send run that ended Failed or Crashed, a send run claimed (Pending)
+  that has neither started nor ended 30 s later, a send run marked Late (nobody claimed it), an
+  event blocked behind an earlier event's technical-failure, an event that has waited long for an
+  earlier one, a stuck provider slot, a failed link-test run, and a route that failed several
+  link-test runs in a row. The first three cover a run no process will start: resume-dispatch
+  replaces it, and the page says so.
 
 Each automation has a fixed name: bootstrap creates it when missing and rewrites it when it
 differs, so running bootstrap again changes nothing.
@@ -24,13 +27,24 @@ from prefect.events.actions import ChangeFlowRunState, SendNotification
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
 from deployments import names
+from flows.resume_dispatch import NOT_STARTED_WITHIN
 
 PREFIX = "broadcasts: "
 MISSED_HEARTBEATS = 3  # one late heartbeat is a busy machine; three is a dead process
 SEND_FLOWS = [names.SEND_EVENT_FLOW, names.SEND_PROVIDER_FLOW]
+# After Pending, any of these means the run started or ended: Retrying and Rerunning are Running
+# states of a run started again; Cancelling is an operator's choice, not a lost run.
+STARTED_OR_ENDED = ["Running", "Retrying", "Rerunning", "Completed", "Failed", "Crashed", "Cancelled", "Cancelling"]
+EVENT_ID = "{{ flow_run.parameters.broadcast_event_id }}"
 STATUS_ADVICE = (
-    "See `broadcasts status {{ flow_run.parameters.broadcast_event_id }}`; after fixing the cause, "
-    "Retry the run in the UI or run `broadcasts send-event {{ flow_run.parameters.broadcast_event_id }}`."
+    f"See `broadcasts status {EVENT_ID}`; after fixing the cause, Retry the run in the UI or run "
+    f"`broadcasts send-event {EVENT_ID}`. A UI Retry does not send again to a provider that ended "
+    f"technical-failure: `broadcasts send-event {EVENT_ID}`, `broadcasts replay {EVENT_ID} PROVIDER` or a "
+    "Custom run of send-provider-message does."
+)
+NOT_STARTED_ADVICE = (
+    f"resume-dispatch marks it Crashed once it is {NOT_STARTED_WITHIN.total_seconds():g} s overdue and "
+    f"starts its event again; if it does not, run `broadcasts send-event {EVENT_ID}`. {{{{ flow_run|ui_url }}}}"
 )
 
 
@@ -60,6 +74,22 @@ def zombie_runs(heartbeat_seconds: float) -> AutomationCore:
     )
 
 
+def not_started_after_claim() -> EventTrigger:
+    """A send run that entered Pending and neither started nor ended within NOT_STARTED_WITHIN:
+    its claimant died before the first heartbeat (which the zombie-run watch needs), lost the
+    claim's reply, or cannot reach the API."""
+    return EventTrigger(
+        match={"prefect.resource.id": "prefect.flow-run.*"},
+        match_related=_flows(SEND_FLOWS),
+        after={"prefect.flow-run.Pending"},
+        expect={f"prefect.flow-run.{state}" for state in STARTED_OR_ENDED},
+        for_each={"prefect.resource.id"},
+        posture=Posture.Proactive,
+        threshold=1,
+        within=NOT_STARTED_WITHIN,
+    )
+
+
 def operator_alerts(block_document_id: object) -> list[AutomationCore]:
     def notify(subject: str, body: str) -> list[SendNotification]:
         return [SendNotification(block_document_id=block_document_id, subject=subject, body=body)]
@@ -67,7 +97,7 @@ def operator_alerts(block_document_id: object) -> list[AutomationCore]:
     def on_event(event: str) -> EventTrigger:
         return EventTrigger(expect={event}, posture=Posture.Reactive, threshold=1, within=timedelta(0))
 
-    def on_run_end(flow_names: list[str], states: list[str]) -> EventTrigger:
+    def on_run_state(flow_names: list[str], states: list[str]) -> EventTrigger:
         return EventTrigger(match={"prefect.resource.id": "prefect.flow-run.*"}, match_related=_flows(flow_names),
                             expect={f"prefect.flow-run.{s}" for s in states}, posture=Posture.Reactive,
                             threshold=1, within=timedelta(0))
@@ -75,15 +105,37 @@ def operator_alerts(block_document_id: object) -> list[AutomationCore]:
     return [
         AutomationCore(
             name=PREFIX + "send run failed or crashed",
-            trigger=on_run_end(SEND_FLOWS, ["Failed", "Crashed"]),
+            trigger=on_run_state(SEND_FLOWS, ["Failed", "Crashed"]),
             actions=notify("Broadcast send {{ flow_run.state.name }}: {{ flow_run.name }}",
                            "{{ flow_run.name }} ended {{ flow_run.state.name }}: {{ flow_run.state.message }}\n"
                            + STATUS_ADVICE + "\n{{ flow_run|ui_url }}"),
         ),
         AutomationCore(
+            name=PREFIX + "send run not started",
+            trigger=not_started_after_claim(),
+            actions=notify("Broadcast send not started: {{ flow_run.name }}",
+                           f"{{{{ flow_run.name }}}} was claimed (Pending) and has neither started nor ended "
+                           f"{NOT_STARTED_WITHIN.total_seconds():g} s later: the process that claimed it died, "
+                           "or cannot reach the Prefect API. " + NOT_STARTED_ADVICE),
+        ),
+        AutomationCore(
+            name=PREFIX + "send run late",
+            trigger=on_run_state(SEND_FLOWS, ["Late"]),
+            actions=notify("Broadcast send late: {{ flow_run.name }}",
+                           "{{ flow_run.name }} is past its start and no process has claimed it: check that "
+                           "the dispatcher, `broadcasts serve` or a worker on the alerts queue is running "
+                           "and has a run free. " + NOT_STARTED_ADVICE),
+        ),
+        AutomationCore(
             name=PREFIX + "event blocked behind a failed event",
             trigger=on_event(names.PROVIDER_BLOCKED_EVENT),
             actions=notify("Broadcast event {{ event.payload.event_id }} blocked for {{ event.payload.provider }}",
+                           "{{ event.payload.message }}"),
+        ),
+        AutomationCore(
+            name=PREFIX + "event waiting long for an earlier event",
+            trigger=on_event(names.PROVIDER_WAITING_EVENT),
+            actions=notify("Broadcast event {{ event.payload.event_id }} waiting for {{ event.payload.provider }}",
                            "{{ event.payload.message }}"),
         ),
         AutomationCore(
@@ -93,7 +145,7 @@ def operator_alerts(block_document_id: object) -> list[AutomationCore]:
         ),
         AutomationCore(
             name=PREFIX + "link tests failed",
-            trigger=on_run_end([names.LINK_TESTS_FLOW], ["Failed", "Crashed"]),
+            trigger=on_run_state([names.LINK_TESTS_FLOW], ["Failed", "Crashed"]),
             actions=notify("Link tests {{ flow_run.state.name }}",
                            "{{ flow_run.state.message }}\nA failing route cannot carry an alert: check the "
                            "proxy and the network's CBC. {{ flow_run|ui_url }}"),

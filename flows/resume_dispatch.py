@@ -5,9 +5,23 @@ Why it neither loses an event nor starts two sends of one:
 
 - The database decides what is unfinished (`broadcasts.resume`); Prefect only says whether a run
   is still on it. A run of send-broadcast-event or send-provider-message for the event is live
-  while it is Scheduled (AwaitingRetry included), Pending, Running, Paused or Cancelling. A run
-  whose process was killed stays Running until the zombie automation marks it Crashed; from then
-  on it is not live, and the event is resumed.
+  while it is Scheduled (AwaitingRetry and Late included), Pending, Running, Paused or Cancelling.
+  A run whose process was killed stays Running until the zombie automation marks it Crashed; from
+  then on it is not live, and the event is resumed.
+- A run nobody starts is not live either: Pending for more than `NOT_STARTED_WITHIN` (its
+  claimant died before its first heartbeat, lost the claim's reply, or could not reach the API to
+  set Running), or Scheduled with its start that long past (no process free to claim it); a
+  Scheduled run due later (a retry planned for later) is live. Before its event is started again,
+  such a run is read again and moved to Crashed, so that no process claims it later and runs it
+  beside the new one. A Scheduled run is first claimed (set Pending) as a worker claims it: the
+  server refuses the claim if another process claimed it first. A run found changed, or whose
+  claim or Crashed state the server refuses, was claimed or started meanwhile: it is live, and the
+  event is left alone. (Crashed, not Cancelled: a run that finds itself cancelled ends its sends
+  technical-failure, which automatic resume leaves to an operator.) Two windows of about one API
+  round trip remain, and the last point makes them harmless: a claimant silent for 30 s that sets
+  Running between that read and the Crashed state goes on beside the new run, and so does a
+  worker that listed the run as Scheduled just before and then claims it (the server accepts
+  Crashed → Pending; the dispatcher reads a run again before claiming it).
 - Every run it creates carries an idempotency key, and Prefect answers the existing run for a key
   it has seen. An event that never had a send-broadcast-event run gets the webhook's own key, so
   a late webhook call finds this run instead of starting another. Otherwise the key names the
@@ -15,7 +29,9 @@ Why it neither loses an event nor starts two sends of one:
   the same history compute the same key and get one run, and once that run dies it is the latest,
   so the next resume gets a fresh key.
 - The history is read before the live runs. A run another resumer creates meanwhile is either
-  in neither read (both compute the same key), or in the live read (this one leaves it alone).
+  in neither read (both compute the same key), or in the live read (this one leaves it alone). A
+  stale run that is the latest one names the new key, so its replacement is a new run; a second
+  resumer that saw the same stale run finds it changed, and computes the same key.
 - An extra run is still harmless: each send re-checks every rule, takes the per-message lock,
   reuses the identifier and payload, and never re-sends what a network acknowledged. This flow
   sends nothing itself; its only effect is creating runs.
@@ -25,7 +41,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -38,9 +54,11 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.responses import SetStateStatus
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
-from prefect.states import Completed, Failed, State
+from prefect.runtime import flow_run as this_run
+from prefect.states import Completed, Crashed, Failed, Pending, State
 
 from broadcasts.db import get_engine, unit_of_work
 from broadcasts.dispatch import TRANSIENT_DATABASE_ERRORS
@@ -55,6 +73,10 @@ FLOW_NAME = "resume-dispatch"
 SEND_EVENT_DEPLOYMENT = f"{SEND_EVENT_FLOW}/{SEND_EVENT_FLOW}"
 SEND_PROVIDER_DEPLOYMENT = f"{SEND_PROVIDER_FLOW}/{SEND_PROVIDER_FLOW}"
 LIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING]
+# A claimed run starts within seconds (the dispatcher: at once; serve: a process start) and a due
+# run is claimed within a poll; one still Pending, or still Scheduled past its start, this long
+# after has nobody to start it. Compared with the server's state times, so it allows for skew.
+NOT_STARTED_WITHIN = timedelta(seconds=30)
 # Runs for an event are created after it is written; this allows for the writer's clock.
 CLOCK_MARGIN = timedelta(hours=1)
 PAGE = 200  # the API's largest page
@@ -63,8 +85,10 @@ RESUME_DESCRIPTION = (
     "Every RESUME_INTERVAL_SECONDS: start send-broadcast-event for each unexpired event written "
     "more than RESUME_GRACE_SECONDS ago that a network has not yet acknowledged (nothing sent, or "
     "left sending or returned-error) and that no live run is working on: its webhook call was "
-    "lost, or its run crashed. Safe to run at any time, also by hand: it only creates runs, one "
-    "per event however many resumers run at once, and each send reuses the identifiers."
+    "lost, its run crashed, or its run was never started (a run Pending, or Scheduled past its "
+    "start, for over 30 s is marked Crashed first). Safe to run at any time, also by hand: it only "
+    "creates runs, one per event however many resumers run at once, and each send reuses the "
+    "identifiers."
 )
 
 
@@ -101,17 +125,17 @@ def resume_dispatch() -> State:
 
         count = 0
         for event in unfinished:
-            if event.event_id in live:
-                run = live[event.event_id]
+            working, crashed = working_run(client, live.get(event.event_id, []))
+            if working is not None:
                 logger.info("not resuming event %s: %s; run %s is %s",
-                            event.event_id, event.reason, run.id, state_name(run))
+                            event.event_id, event.reason, working.id, state_name(working))
                 continue
-            previous = latest.get(event.event_id)
+            previous = latest.get(event.event_id)  # a run just Crashed is the latest: a new key
             key = webhook_key(event.event_id) if previous is None else resume_key(event.event_id, previous.id)
             run = client.create_flow_run_from_deployment(
                 send_event, parameters={"broadcast_event_id": str(event.event_id)}, idempotency_key=key)
-            history = "never announced" if previous is None else f"previous run {previous.id} {state_name(previous)}"
-            logger.info("resuming event %s: %s; %s → run %s", event.event_id, event.reason, history, run.id)
+            logger.info("resuming event %s: %s; %s → run %s",
+                        event.event_id, event.reason, history(previous, crashed), run.id)
             count += 1
     return resumed(count)
 
@@ -151,13 +175,69 @@ def latest_send_runs(client: SyncPrefectClient, send_event: uuid.UUID, events: l
 
 
 def live_runs(client: SyncPrefectClient, deployments: list[uuid.UUID | None], event_ids: set[uuid.UUID]
-              ) -> dict[uuid.UUID, FlowRun]:
-    """A live (not final) run of these deployments for each event that has one."""
+              ) -> dict[uuid.UUID, list[FlowRun]]:
+    """The runs of these deployments in a live state, for each event that has any."""
     runs = all_flow_runs(client, FlowRunFilter(
         deployment_id=FlowRunFilterDeploymentId(any_=[d for d in deployments if d is not None]),
         state=FlowRunFilterState(type=FlowRunFilterStateType(any_=LIVE_STATES)),
     ))
-    return dict(for_events(runs, event_ids))
+    found: dict[uuid.UUID, list[FlowRun]] = {}
+    for event_id, run in for_events(runs, event_ids):
+        found.setdefault(event_id, []).append(run)
+    return found
+
+
+def working_run(client: SyncPrefectClient, runs: list[FlowRun]) -> tuple[FlowRun | None, list[FlowRun]]:
+    """The run still working on an event, if any, and the runs nobody started that were moved to
+    Crashed for it. Those are taken over only when none of the event's live runs is working."""
+    now = utcnow()
+    if (working := next((run for run in runs if not not_started(run, now)), None)) is not None:
+        return working, []
+    crashed = []
+    for run in runs:
+        if (found := take_over(client, run)) is not None:
+            return found, crashed
+        crashed.append(run)
+    return None, crashed
+
+
+def not_started(run: FlowRun, now: datetime) -> bool:
+    """Pending for more than NOT_STARTED_WITHIN, or Scheduled (AwaitingRetry, Late) with its
+    start more than that in the past."""
+    state = run.state
+    if state is None:
+        return False
+    if state.type == StateType.PENDING:
+        return now - state.timestamp > NOT_STARTED_WITHIN
+    due = state.state_details.scheduled_time or run.expected_start_time
+    return state.type == StateType.SCHEDULED and due is not None and now - due > NOT_STARTED_WITHIN
+
+
+def take_over(client: SyncPrefectClient, run: FlowRun) -> FlowRun | None:
+    """Moves a run nobody started to Crashed, so that no process starts it beside its event's new
+    run. None when done; otherwise the run as it is now, claimed or started meanwhile (live)."""
+    current = client.read_flow_run(run.id)
+    if current.state is None or run.state is None or current.state.id != run.state.id:
+        return current
+    message = (f"not started within {NOT_STARTED_WITHIN.total_seconds():g} s; resumed by "
+               f"{FLOW_NAME} run {this_run.name} ({this_run.id}), which logs the new run")
+    if current.state.type == StateType.SCHEDULED:
+        # Claimed as a worker claims a run: the server refuses if another process claimed it first.
+        if client.set_flow_run_state(run.id, Pending(message=message)).status != SetStateStatus.ACCEPT:
+            return client.read_flow_run(run.id)
+    if client.set_flow_run_state(run.id, Crashed(message=message)).status != SetStateStatus.ACCEPT:
+        return client.read_flow_run(run.id)
+    return None
+
+
+def history(previous: FlowRun | None, crashed: list[FlowRun]) -> str:
+    """What became of the event's runs, for the log line."""
+    ended = {run.id for run in crashed}
+    said = ([] if previous is not None and previous.id in ended else
+            ["never announced" if previous is None else f"previous run {previous.id} {state_name(previous)}"])
+    return "; ".join(said + [
+        f"{'previous ' if previous is not None and run.id == previous.id else ''}run {run.id} not started "
+        f"({state_name(run)} over {NOT_STARTED_WITHIN.total_seconds():g} s), now Crashed" for run in crashed])
 
 
 def all_flow_runs(client: SyncPrefectClient, flow_run_filter: FlowRunFilter) -> Iterator[FlowRun]:

@@ -1,6 +1,7 @@
 """resume-dispatch against the real Prefect server, the simulator and `broadcasts serve`: an event
 that was never announced, or whose run died, gets one new run after the grace period; an event
-whose run is still live gets none; two resumers at once create one run.
+whose run is still live gets none; two resumers at once create one run; a run nobody starts
+(Pending, or Scheduled past its start, for over 30 s) is marked Crashed and replaced.
 
 Every test has a database of its own: resume looks at every unfinished event, and the shared test
 database holds other tests' events on purpose."""
@@ -21,7 +22,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort
-from prefect.states import Crashed, Running
+from prefect.states import AwaitingRetry, Crashed, Late, Pending, Running, Scheduled
 from sqlalchemy import Engine, select
 
 from broadcasts import dao
@@ -30,7 +31,7 @@ from broadcasts.migrate import upgrade
 from broadcasts.models import RETURNED_ACK, BroadcastEvent, utcnow
 from broadcasts.providers import get_provider
 from deployments import names
-from flows.resume_dispatch import resume_dispatch
+from flows.resume_dispatch import NOT_STARTED_WITHIN, resume_dispatch, take_over
 from tests.conftest import backend, throwaway_postgres_database
 from tests.deployments.serving import serving, start_run, wait_for_runs
 from tests.factories import make_alert, make_event, make_message, make_service
@@ -103,6 +104,27 @@ def run_resume() -> Any:
 def set_state(run_id: str, state: Any) -> None:
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(uuid.UUID(run_id), state, force=True)
+
+
+def claim(run_id: str) -> FlowRun:
+    """Sets the run Pending as a worker or the dispatcher claims it (the server may refuse)."""
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(uuid.UUID(run_id), Pending())
+        return client.read_flow_run(uuid.UUID(run_id))
+
+
+def read_run(run_id: str | uuid.UUID) -> FlowRun:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(uuid.UUID(str(run_id)))
+
+
+def start_scheduled(event_id: uuid.UUID, state: Any) -> str:
+    """A send-broadcast-event run created in `state` (say, due a minute ago), with the webhook's key."""
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT)
+        return str(client.create_flow_run_from_deployment(
+            deployment.id, parameters={"broadcast_event_id": str(event_id)}, state=state,
+            idempotency_key=names.idempotency_key(event_id)).id)
 
 
 def written_ago(engine: Engine, seconds: float = 60, **service_options: Any) -> uuid.UUID:
@@ -258,3 +280,82 @@ def test_one_line_per_event_says_why_and_which_run(db, deployed, caplog):
         f"resuming event {failed_event}: ee not acknowledged (ee returned-error); "
         f"previous run {failed} Crashed → run {new_failed.id}",
     ]
+
+
+def test_a_run_left_pending_is_crashed_after_30_s_and_its_event_sent_by_a_new_run(db, deployed, sim, caplog):
+    event_id = written_ago(db)
+    stuck = start_run(event_id)
+    pending = claim(stuck).state  # the claimant then died before the run started: nobody runs it
+    assert pending is not None and pending.is_pending()
+
+    with caplog.at_level(logging.INFO):
+        assert run_resume().message == "resumed 0 events"  # just claimed: it may yet start
+        assert read_run(stuck).state.is_pending()
+        time.sleep(max(0.0, (pending.timestamp + NOT_STARTED_WITHIN - utcnow()).total_seconds() + 0.5))
+        state = run_resume()
+    assert state.is_completed() and state.message == "resumed 1 event"
+    [first, resumed] = runs_for(event_id)
+    assert str(first.id) == stuck
+    assert read_run(stuck).state.is_crashed()
+    assert read_run(stuck).state.message.startswith("not started within 30 s; resumed by resume-dispatch run ")
+    assert resumed.idempotency_key == f"{names.idempotency_key(event_id)}:resume:{stuck}" != first.idempotency_key
+    reason = "never dispatched: no provider message"
+    assert resume_lines(caplog) == [
+        f"not resuming event {event_id}: {reason}; run {stuck} is Pending",
+        f"resuming event {event_id}: {reason}; previous run {stuck} not started (Pending over 30 s), "
+        f"now Crashed → run {resumed.id}",
+    ]
+
+    with serving():
+        assert wait_for_runs([str(resumed.id)], 60) == {str(resumed.id): "COMPLETED"}
+    assert {p: s.status for p, s in statuses(db, event_id).items()} == dict.fromkeys(PROVIDERS, "returned-ack")
+    assert read_run(stuck).state.is_crashed()  # no process took the old run up beside the new one
+    assert len(sim.invocations()) == len(PROVIDERS)
+
+
+@pytest.mark.parametrize("make_state", [Scheduled, AwaitingRetry, Late], ids=["Scheduled", "AwaitingRetry", "Late"])
+def test_a_run_left_scheduled_past_its_start_is_crashed_and_replaced(db, deployed, caplog, make_state):
+    event_id = written_ago(db)
+    unclaimed = start_scheduled(event_id, make_state(scheduled_time=utcnow() - timedelta(seconds=31)))
+
+    with caplog.at_level(logging.INFO):
+        state = run_resume()
+    assert state.is_completed() and state.message == "resumed 1 event"
+    [first, resumed] = runs_for(event_id)
+    assert str(first.id) == unclaimed and read_run(unclaimed).state.is_crashed()
+    assert resumed.idempotency_key == f"{names.idempotency_key(event_id)}:resume:{unclaimed}"
+    assert resume_lines(caplog) == [
+        f"resuming event {event_id}: never dispatched: no provider message; previous run {unclaimed} not "
+        f"started ({make_state().name} over 30 s), now Crashed → run {resumed.id}",
+    ]
+
+
+def test_a_retry_scheduled_for_later_and_a_run_due_just_now_are_left_alone(db, deployed, caplog):
+    later_event, now_event = written_ago(db), written_ago(db)
+    later = start_scheduled(later_event, AwaitingRetry(scheduled_time=utcnow() + timedelta(minutes=5)))
+    due = start_scheduled(now_event, Scheduled(scheduled_time=utcnow() - timedelta(seconds=20)))
+
+    with caplog.at_level(logging.INFO):
+        assert run_resume().message == "resumed 0 events"
+    assert read_run(later).state.name == "AwaitingRetry" and read_run(due).state.is_scheduled()
+    assert [r.id for r in runs_for(later_event)] == [uuid.UUID(later)]
+    assert sorted(r.getMessage() for r in caplog.records if "not resuming" in r.getMessage()) == sorted([
+        f"not resuming event {later_event}: never dispatched: no provider message; run {later} is AwaitingRetry",
+        f"not resuming event {now_event}: never dispatched: no provider message; run {due} is Scheduled",
+    ])
+
+
+def test_a_run_claimed_or_started_after_it_was_read_is_not_crashed(db, deployed):
+    overdue = utcnow() - timedelta(minutes=1)
+    claimed = start_scheduled(written_ago(db), Scheduled(scheduled_time=overdue))
+    started = start_scheduled(written_ago(db), Scheduled(scheduled_time=overdue))
+    seen = {run_id: read_run(run_id) for run_id in (claimed, started)}  # what resume read: not started
+    claim(claimed)  # a dispatcher claims it meanwhile
+    claim(started)
+    set_state(started, Running())  # and its process starts it
+
+    with get_client(sync_client=True) as client:
+        found = {run_id: take_over(client, run) for run_id, run in seen.items()}
+    assert {run_id: run.state.name for run_id, run in found.items() if run is not None} == {
+        claimed: "Pending", started: "Running"}
+    assert read_run(claimed).state.is_pending() and read_run(started).state.is_running()
