@@ -58,6 +58,16 @@ def earlier_events(session: Session, event: BroadcastEvent) -> list[BroadcastEve
     return list(session.scalars(query))
 
 
+def later_cancels(session: Session, event: BroadcastEvent) -> list[BroadcastEvent]:
+    """Cancels of the same broadcast message after `event` in the order of `earlier_events`."""
+    query = select(BroadcastEvent).where(
+        BroadcastEvent.broadcast_message_id == event.broadcast_message_id,
+        BroadcastEvent.message_type == "cancel",
+        tuple_(*EVENT_ORDER) > tuple_(*event.order_key),
+    )
+    return list(session.scalars(query))
+
+
 def available_providers(
     session: Session, service_id: uuid.UUID, enabled: Sequence[str]
 ) -> list[str]:

@@ -35,6 +35,7 @@ from broadcasts.cbc_proxy import CBCProxy, Delivered
 from broadcasts.db import unit_of_work
 from broadcasts.errors import (
     AllRoutesFailed,
+    CancelAlreadySent,
     DatabaseUnavailable,
     DispatchError,
     EarlierEventFailed,
@@ -130,6 +131,7 @@ def _prepare(
     guards.ensure_not_expired(event, now, attempted=_attempted(session, message))
     earlier = dao.earlier_events(session, event)
     guards.ensure_not_cancelled(event, earlier)
+    _ensure_cancel_not_sent(session, event, provider.name)
     earlier_messages = {
         m.broadcast_event_id: m
         for m in dao.provider_messages(session, [e.id for e in earlier], provider.name)
@@ -158,6 +160,25 @@ def _prepare(
             headline=headline,
         ))
     return _Ready(event.id, message.id, payload, event.finishes_at)
+
+
+def _ensure_cancel_not_sent(session: Session, event: BroadcastEvent, provider: str) -> None:
+    """Rule 1, after the fact: an alert or update (a replay, say) is refused once a later cancel
+    of its broadcast may have reached this provider: anything but a cancel that has only waited
+    (for this event, or another earlier one) and was never attempted. A cancel goes ahead past a
+    failed or refused event (rule 5), so without this a replay of that event would follow it."""
+    if event.message_type == "cancel":
+        return
+    for cancel in dao.later_cancels(session, event):
+        message = dao.get_provider_message(session, cancel.id, provider)
+        if message is None:
+            continue
+        latest = dao.latest_history_row(session, message.id)
+        only_waited = (message.status == SENDING and latest is not None
+                       and (latest.detail or {}).get("waiting_for") is not None
+                       and dao.attempts_so_far(session, message.id) == 0)
+        if not only_waited:
+            raise CancelAlreadySent(event.id, provider, cancel.id)
 
 
 def _ensure_not_failed(

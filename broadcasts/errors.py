@@ -17,6 +17,8 @@
         │   ├── ServiceNotLive    inactive or restricted (trial) service
         │   ├── ProviderNotAvailable  not in the service's list ∩ ENABLED_CBCS
         │   ├── BroadcastCancelled    an alert or update written after its broadcast's cancel
+        │   ├── CancelAlreadySent     an alert or update whose broadcast's later cancel was
+        │   │                         already sent to this provider (a replay after the cancel)
         │   └── DispatchDisabled  CBC_PROXY_ENABLED is false (nothing is read or written)
         ├── InvalidBroadcast      content, areas or finish time break the rules → technical-failure
         ├── EventExpired          its finish time has passed         → technical-failure
@@ -136,6 +138,14 @@ class BroadcastCancelled(SendRefused):
         super().__init__(
             f"event {event_id} was written after cancel {cancel_event_id} of its broadcast; "
             "a cancelled broadcast is not changed or sent again"
+        )
+
+
+class CancelAlreadySent(SendRefused):
+    def __init__(self, event_id: object, provider: str, cancel_event_id: object) -> None:
+        super().__init__(
+            f"event {event_id} is not sent to {provider}: cancel {cancel_event_id} of its broadcast was "
+            f"already sent to {provider}, and nothing of a broadcast may reach a network after its cancel"
         )
 
 

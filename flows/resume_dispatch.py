@@ -75,7 +75,9 @@ SEND_PROVIDER_DEPLOYMENT = f"{SEND_PROVIDER_FLOW}/{SEND_PROVIDER_FLOW}"
 LIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING]
 # A claimed run starts within seconds (the dispatcher: at once; serve: a process start) and a due
 # run is claimed within a poll; one still Pending, or still Scheduled past its start, this long
-# after has nobody to start it. Compared with the server's state times, so it allows for skew.
+# after has nobody to start it. The server's state times are compared with this process's clock:
+# the hosts' clocks must agree within a few seconds (a resumer far ahead would take over healthy
+# runs, which costs extra runs and pages, never a lost or doubled send).
 NOT_STARTED_WITHIN = timedelta(seconds=30)
 # Runs for an event are created after it is written; this allows for the writer's clock.
 CLOCK_MARGIN = timedelta(hours=1)
@@ -125,7 +127,12 @@ def resume_dispatch() -> State:
 
         count = 0
         for event in unfinished:
-            working, crashed = working_run(client, live.get(event.event_id, []))
+            try:
+                working, crashed = working_run(client, live.get(event.event_id, []))
+            except Exception as error:  # one event's stale run must not keep the others from resuming
+                logger.warning("not resuming event %s this time: taking over its stale run failed (%s)",
+                               event.event_id, error)
+                continue
             if working is not None:
                 logger.info("not resuming event %s: %s; run %s is %s",
                             event.event_id, event.reason, working.id, state_name(working))

@@ -136,7 +136,7 @@ def provider_slot(provider: str, timeout_seconds: float) -> Iterator[str | None]
     name = limit_name(provider)
     api = slot_api.current_api()
     turns = _turns[name]
-    lease_id = turns.take()
+    turn, lease_id = turns.take(timeout_seconds)
     ended = False
     try:
         if lease_id is None:
@@ -147,23 +147,23 @@ def provider_slot(provider: str, timeout_seconds: float) -> Iterator[str | None]
             lease_id = taken
             turns.took_from_server()
         stop = threading.Event()
-        keeper = threading.Thread(target=_keep, args=(api, provider, lease_id, _beat(timeout_seconds), stop),
+        keeper = threading.Thread(target=_keep, args=(api, provider, lease_id, timeout_seconds, stop),
                                   name=f"keep {name}", daemon=True)
         keeper.start()
         try:
             yield None
         finally:
             stop.set()
-            handed = turns.hand_on(lease_id)
+            handed = turns.hand_on(turn, lease_id)
             if handed is not HandOn.HANDED:
                 pause = FAIR_PAUSE_SECONDS if handed is HandOn.CHAIN_DONE else 0.0
                 # Not a daemon: a process that ends right after its send still gives the slot back.
-                threading.Thread(target=_release, args=(api, name, lease_id, keeper, turns, pause),
+                threading.Thread(target=_release, args=(api, name, lease_id, keeper, turns, turn, pause),
                                  name=f"release {name}").start()
             ended = True
     finally:
         if not ended:
-            turns.end()
+            turns.end(turn)
 
 
 def _beat(timeout_seconds: float) -> float:
@@ -201,23 +201,30 @@ def _acquire(api: SlotApi, provider: str, timeout_seconds: float) -> uuid.UUID |
         time.sleep(min(max(wait, MIN_POLL_SECONDS), MAX_POLL_SECONDS, left))
 
 
-def _keep(api: SlotApi, provider: str, lease_id: uuid.UUID, beat: float, stop: threading.Event) -> None:
-    """Keeps the lease and the holder record fresh until `stop`."""
+def _keep(api: SlotApi, provider: str, lease_id: uuid.UUID, timeout_seconds: float, stop: threading.Event) -> None:
+    """Keeps the lease and the holder record fresh until `stop`, for at most `timeout_seconds`:
+    no live call holds the slot longer, so a holder stuck in its body (a reply trickling in under
+    the read timeout, say) then stops looking alive, and waiters free the slot."""
     api.write_holder(provider, lease_id)
-    while not stop.wait(beat):
+    until = time.monotonic() + timeout_seconds
+    while not stop.wait(_beat(timeout_seconds)):
+        if time.monotonic() > until:
+            logger.warning("the %s slot has been held for over %g s: no longer renewing lease %s",
+                           limit_name(provider), timeout_seconds, lease_id)
+            return
         if api.renew(lease_id) is False:
             logger.warning("the %s lease %s is gone (expired, or freed as stale)", limit_name(provider), lease_id)
         api.write_holder(provider, lease_id)
 
 
 def _release(api: SlotApi, name: str, lease_id: uuid.UUID, keeper: threading.Thread, turns: Turns,
-             pause: float) -> None:
+             turn: int, pause: float) -> None:
     keeper.join()  # its calls are short; a renewal after the release would only log
     try:
         failed = api.release(lease_id)
         time.sleep(pause)
     finally:
-        turns.end()  # only now: the next in turn finds the slot free
+        turns.end(turn)  # only now: the next in turn finds the slot free
     # A lease left behind blocks the network until it expires: ask a few more times, then leave it.
     deadline = time.monotonic() + RELEASE_RETRY_SECONDS
     while failed is not None and time.monotonic() < deadline:
@@ -234,7 +241,7 @@ def _report_stuck(api: SlotApi, provider: str, gave_up: _GaveUp, timeout_seconds
     if isinstance(gave_up.answer, Locked):
         note = (f"{name} still taken after {timeout_seconds:g} s with no sign of life from its holder "
                 f"({_describe(gave_up.record)}); sent without the slot; freeing the stale slot")
-        threading.Thread(target=_free, args=(api, name, gave_up.record), name=f"free {name}").start()
+        threading.Thread(target=_free, args=(api, provider, gave_up.record), name=f"free {name}").start()
     else:
         why = gave_up.answer.reason if isinstance(gave_up.answer, Unanswered) else "the limit could not be created"
         note = (f"{name} not taken: the Prefect API did not answer for {timeout_seconds:g} s ({why}); "
@@ -258,9 +265,11 @@ def _describe(record: Any) -> str:
             f"written {record.get('written_at')}")
 
 
-def _free(api: SlotApi, name: str, record: Any) -> None:
+def _free(api: SlotApi, provider: str, record: Any) -> None:
     """Releases the stopped holder's lease if the server still has it (so its expiry later cannot
-    free a live holder's slot); otherwise no lease holds the slot, so sets the count to 0."""
+    free a live holder's slot); otherwise no lease holds the slot, so sets the count to 0, unless
+    a new holder has written its record since the waiter read it."""
+    name = limit_name(provider)
     try:
         lease_id = uuid.UUID(str(record["lease_id"])) if isinstance(record, dict) else None
     except (KeyError, ValueError):
@@ -272,6 +281,8 @@ def _free(api: SlotApi, name: str, record: Any) -> None:
         failed = api.release(lease_id)  # type: ignore[arg-type]
         logger.warning("%s %s lease %s of its stopped holder", "could not release" if failed else "released",
                        name, lease_id)
+    elif api.read_holder(provider) != record:  # a new holder took the slot meanwhile: it is live
+        logger.warning("not freeing %s: a new holder took it meanwhile", name)
     else:
         failed = api.reset(name)
         logger.warning("%s %s: no lease of ours holds its slot", "could not free" if failed else "freed", name)

@@ -4,7 +4,7 @@ Prefect cancels a run by killing its process. The warm dispatcher runs each run 
 own process, which cannot be killed, and Prefect 3.9 marks a run Cancelled after 300 s in
 Cancelling whatever the thread still does: resume-dispatch then saw no live run and started a
 second one while the first kept sending. So the provider-send task reads its own flow run's
-state (one API call) before each retry attempt, and after a failed attempt before it waits for
+state (one short API call, tasks/slot_api.py) before each retry attempt, and after a failed attempt before it waits for
 the retry, and stops when the run is Cancelling or Cancelled: a Cancel takes effect within one
 retry wait or one attempt, whichever is longer. A first attempt does not ask: the engine does not
 start a run cancelled before it starts, and asking would cost every alert a round trip.
@@ -27,6 +27,7 @@ from sqlalchemy import Engine
 
 from broadcasts import dispatch
 from broadcasts.errors import RetryableError, RunCancelled
+from tasks import slot_api
 
 logger = logging.getLogger(__name__)
 CANCELLED = (StateType.CANCELLING, StateType.CANCELLED)
@@ -53,12 +54,11 @@ def _stop_if_cancelled(context: TaskRunContext, engine: Engine, event_id: str, p
     run_id: UUID | None = context.task_run.flow_run_id
     if run_id is None:
         return  # a task called outside a flow run: nothing can cancel it
-    try:
-        state = context.client.read_flow_run(run_id).state  # a sync task's client is synchronous
-    except Exception as error:
-        logger.warning("could not read the state of flow run %s (%s); carrying on", run_id, error)
+    state = slot_api.current_api().run_state(run_id)  # one short call, never raising
+    if isinstance(state, slot_api.Unanswered):
+        logger.warning("could not read the state of flow run %s (%s); carrying on", run_id, state.reason)
         return
-    if state is None or state.type not in CANCELLED:
+    if state not in CANCELLED:
         return
     try:
         stopped = dispatch.record_run_cancelled(engine, UUID(event_id), provider, run_id)

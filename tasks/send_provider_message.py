@@ -17,7 +17,7 @@ from broadcasts.db import get_engine
 from broadcasts.errors import EarlierEventFailed, EarlierEventPending, NotSendable, RetryableError
 from broadcasts.models import utcnow
 from broadcasts.settings import get_settings
-from tasks.provider_limits import ensure_limits, provider_slot, slot_wait_seconds
+from tasks.provider_limits import provider_slot, slot_wait_seconds
 from tasks.run_cancel import stopped_if_run_cancelled
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,6 @@ def send_to_provider(broadcast_event_id: str, provider: str, replay_failed: bool
     engine = get_engine(settings.database_url)
     try:
         with stopped_if_run_cancelled(engine, broadcast_event_id, provider):  # an operator's Cancel
-            ensure_limits([provider])
             result = dispatch.send_to_provider(
                 engine,
                 get_proxy(settings),

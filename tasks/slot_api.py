@@ -130,6 +130,11 @@ class SlotApi:
             name, GlobalConcurrencyLimitUpdate(active_slots=0)))
         return answer if isinstance(answer, Unanswered) else None
 
+    def run_state(self, run_id: uuid.UUID) -> Any:
+        """The flow run's state type (None if it has no state), or `Unanswered`: the cancel check
+        before a retry (tasks/run_cancel.py) must not hold a send through an outage either."""
+        return self._call(lambda c: getattr(c.read_flow_run(run_id).state, "type", None))
+
     def read_holder(self, provider: str) -> Any:
         """The holder record's value (None if there is none), or `Unanswered`."""
         return self._call(lambda c: getattr(c.read_variable_by_name(holder_record_name(provider)), "value", None))

@@ -8,6 +8,11 @@ queue: a chain of hand-ons starved it. So the lease is handed on only while it i
 next send wait a little longer than a waiter's poll before asking, so a waiter elsewhere finds the
 slot free. A bound in time rather than in sends: a burst of quick sends pays one short pause per
 `HAND_ON_SECONDS`, while a burst of slow ones (each longer than the bound) hands nothing on.
+
+Stuck is judged per holder here too: a send waits for its turn as long as the send before it has
+had its turn for less than the slot's bound, however long the queue. A send holding its turn
+longer (stuck in its call) is passed over; each turn is numbered, so the one passed over ending
+later does not end its successor's turn.
 """
 
 from __future__ import annotations
@@ -35,27 +40,35 @@ class Turns:
         self.waiting = 0
         self.lease_id: uuid.UUID | None = None  # handed on by the last holder
         self.lease_since = 0.0  # when the lease being handed on came from the server
+        self.turn = 0  # the number of the current (or last) turn
+        self.busy_since = 0.0
 
-    def take(self) -> uuid.UUID | None:
-        """Waits for this send's turn, and returns the lease handed to it, if any. Unbounded: the
-        send before it is bounded by its own wait for the server and by its proxy call."""
+    def take(self, timeout_seconds: float) -> tuple[int, uuid.UUID | None]:
+        """Waits for this send's turn: (its number, the lease handed to it, if any). The wait ends
+        when the send before it has had its turn for `timeout_seconds` (it is stuck): this send
+        then takes the next turn with no lease."""
         with self.changed:
             self.waiting += 1
-            self.changed.wait_for(lambda: not self.busy)
-            self.waiting -= 1
-            self.busy = True
-            lease_id, self.lease_id = self.lease_id, None
-            return lease_id
+            try:
+                while self.busy and (left := self.busy_since + timeout_seconds - time.monotonic()) > 0:
+                    self.changed.wait(left)
+            finally:
+                self.waiting -= 1
+            lease_id = None if self.busy else self.lease_id
+            self.lease_id = None
+            self.turn += 1
+            self.busy, self.busy_since = True, time.monotonic()
+            return self.turn, lease_id
 
     def took_from_server(self) -> None:
         with self.changed:
             self.lease_since = time.monotonic()
 
-    def hand_on(self, lease_id: uuid.UUID) -> HandOn:
-        """Gives the lease to the next send waiting here, if one waits and the chain is young.
-        Otherwise the caller releases the lease, then calls `end`."""
+    def hand_on(self, turn: int, lease_id: uuid.UUID) -> HandOn:
+        """Gives the lease to the next send waiting here, if one waits, the chain is young and
+        `turn` is still the current one. Otherwise the caller releases the lease, then calls `end`."""
         with self.changed:
-            if not self.waiting:
+            if not self.waiting or turn != self.turn:
                 return HandOn.NOBODY_WAITING
             if time.monotonic() - self.lease_since >= HAND_ON_SECONDS:
                 return HandOn.CHAIN_DONE
@@ -63,8 +76,10 @@ class Turns:
             self.changed.notify()
             return HandOn.HANDED
 
-    def end(self) -> None:
-        """This send's turn is over (the lease, if it had one, is back with the server)."""
+    def end(self, turn: int) -> None:
+        """Turn `turn` is over (its lease, if it had one, is back with the server); a turn that was
+        passed over has nothing left to end."""
         with self.changed:
-            self.busy = False
-            self.changed.notify()
+            if turn == self.turn:
+                self.busy = False
+                self.changed.notify()

@@ -16,6 +16,7 @@ from broadcasts.cbc_proxy import CBCProxy
 from broadcasts.db import unit_of_work
 from broadcasts.errors import (
     AllRoutesFailed,
+    CancelAlreadySent,
     EarlierEventPending,
     EarlierEventRefused,
     EndedTechnicalFailure,
@@ -180,6 +181,38 @@ def test_a_cancel_behind_an_alert_that_ended_technical_failure_is_sent_referring
 
     sent = calls_for(sim, statuses(engine, cancel)["ee"].identifier)[0]["payload"]
     assert [r["message_id"] for r in sent["references"]] == [str(statuses(engine, alert)["ee"].identifier)]
+
+
+def test_a_replay_of_an_alert_after_its_cancel_reached_the_network_is_refused(environment, engine, sim):
+    service_id = make_service(engine)
+    message_id = make_message(engine, service_id)
+    alert = make_event(engine, service_id, message_id, sent_at=utcnow())
+    with pytest.raises(UnexpectedError):
+        send(engine, alert, proxy=CBCProxy(ExplodingLambda()))
+    cancel = make_event(engine, service_id, message_id, message_type="cancel", sent_at=utcnow() + timedelta(seconds=1))
+    assert send(engine, cancel).status == "returned-ack"
+    calls = len(sim.invocations())
+
+    with pytest.raises(CancelAlreadySent, match=f"cancel {cancel} of its broadcast was already sent to ee"):
+        send(engine, alert, mode=REPLAY)  # what the blocked-event notice told the operator to run
+
+    assert len(sim.invocations()) == calls
+    assert statuses(engine, alert)["ee"].status == TECHNICAL_FAILURE
+
+
+def test_a_cancel_that_only_waits_for_a_retrying_alert_does_not_stop_the_alert(environment, engine, sim):
+    service_id = make_service(engine)
+    message_id = make_message(engine, service_id)
+    alert = make_event(engine, service_id, message_id, sent_at=utcnow())
+    fail_both_routes(sim)
+    with pytest.raises(AllRoutesFailed):
+        send(engine, alert)
+    cancel = make_event(engine, service_id, message_id, message_type="cancel", sent_at=utcnow() + timedelta(seconds=1))
+    with pytest.raises(EarlierEventPending):
+        send(engine, cancel)
+
+    assert send(engine, alert).status == "returned-ack"
+    assert send(engine, cancel).status == "returned-ack"
 
 
 # --- a long wait pages once ------------------------------------------------------------------

@@ -281,3 +281,31 @@ def _holder_record(pid: str) -> dict | None:
 def _active_slots(provider: str) -> int:
     with get_client(sync_client=True) as client:
         return client.read_global_concurrency_limit_by_name(limit_name(provider)).active_slots
+
+
+def test_a_holder_stuck_in_its_call_past_the_bound_does_not_keep_the_network_from_the_next_send(configure, engine):
+    """A send holding the slot far longer than any live call can (its body blocked, say) stops
+    looking alive once it has held it for the bound: the send queued behind it in this process goes
+    ahead without the slot within about two bounds, saying why, instead of waiting for it."""
+    configure(ENABLED_CBCS="ee")
+    ensure_limits(["ee"])
+    entered, let_go = threading.Event(), threading.Event()
+
+    def stuck() -> None:
+        with provider_slot("ee", 2) as note:
+            assert note is None
+            entered.set()
+            let_go.wait(30)
+
+    holder = in_thread(stuck)
+    assert entered.wait(10)
+    begun = time.monotonic()
+    try:
+        with provider_slot("ee", 2) as note:
+            waited = time.monotonic() - begun
+    finally:
+        let_go.set()
+        holder.join(30)
+    assert note is not None and "sent without the slot" in note, note
+    assert waited < 8, waited
+    assert eventually(lambda: _active_slots("ee") == 0, 15)
