@@ -32,6 +32,13 @@ def backend() -> str:
     return os.environ.get("TEST_DATABASE", "sqlite")
 
 
+# Behaviour of the Prefect side alone (slot leases, run states, automations), the same whichever
+# database the app uses: tested once, in the PostgreSQL pass, which runs everything.
+prefect_side = pytest.mark.skipif(
+    os.environ.get("TEST_DATABASE", "sqlite") != "postgresql",
+    reason="Prefect-side behaviour, the same on either app database: runs in the PostgreSQL pass")
+
+
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if backend() == "sqlite":

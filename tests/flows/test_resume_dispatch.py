@@ -32,7 +32,7 @@ from broadcasts.models import RETURNED_ACK, BroadcastEvent, utcnow
 from broadcasts.providers import get_provider
 from deployments import names
 from flows.resume_dispatch import NOT_STARTED_WITHIN, resume_dispatch, take_over
-from tests.conftest import backend, throwaway_postgres_database
+from tests.conftest import backend, prefect_side, throwaway_postgres_database
 from tests.deployments.serving import serving, start_run, wait_for_runs
 from tests.factories import make_alert, make_event, make_message, make_service
 from tests.flows.helpers import in_thread, statuses
@@ -282,6 +282,7 @@ def test_one_line_per_event_says_why_and_which_run(db, deployed, caplog):
     ]
 
 
+@prefect_side
 def test_a_run_left_pending_is_crashed_after_30_s_and_its_event_sent_by_a_new_run(db, deployed, sim, caplog):
     event_id = written_ago(db)
     stuck = start_run(event_id)
@@ -313,6 +314,7 @@ def test_a_run_left_pending_is_crashed_after_30_s_and_its_event_sent_by_a_new_ru
     assert len(sim.invocations()) == len(PROVIDERS)
 
 
+@prefect_side
 @pytest.mark.parametrize("make_state", [Scheduled, AwaitingRetry, Late], ids=["Scheduled", "AwaitingRetry", "Late"])
 def test_a_run_left_scheduled_past_its_start_is_crashed_and_replaced(db, deployed, caplog, make_state):
     event_id = written_ago(db)
