@@ -236,6 +236,8 @@ def record_refusal(session: Session, event_id: uuid.UUID, provider: str, reason:
 
 def refusal_reasons(session: Session, event_ids: Sequence[uuid.UUID], provider: str) -> dict[uuid.UUID, str]:
     """The latest refusal reason of `provider` for each of these events that has one."""
+    if not event_ids:  # the usual case on the send path: every earlier event has a provider message
+        return {}
     rows = session.execute(
         select(BroadcastEventRefusal.broadcast_event_id, BroadcastEventRefusal.reason)
         .where(BroadcastEventRefusal.broadcast_event_id.in_(list(event_ids)),

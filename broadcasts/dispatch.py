@@ -198,10 +198,11 @@ def _record_wait(
     lasted longer than `long_wait_seconds` (since its first row), one more row says it paged
     (`paged`), and `waiting.page_due` tells the orchestrator to page: once per earlier event."""
     waiting_for = str(waiting.earlier_event_id)
-    latest = dao.latest_history_row(session, message.id)
-    if latest is None or (latest.detail or {}).get("waiting_for") != waiting_for:
-        dao.append_status(session, message, SENDING, detail={"waiting_for": waiting_for, "reason": waiting.reason})
-    rows = [r for r in dao.history(session, message.id) if (r.detail or {}).get("waiting_for") == waiting_for]
+    history = dao.history(session, message.id)
+    if not history or (history[-1].detail or {}).get("waiting_for") != waiting_for:
+        row = dao.append_status(session, message, SENDING, detail={"waiting_for": waiting_for, "reason": waiting.reason})
+        history += [row] if row is not None else []
+    rows = [r for r in history if (r.detail or {}).get("waiting_for") == waiting_for]
     waited = (now - rows[0].created_at).total_seconds()
     if waited > long_wait_seconds and not any(r.detail.get("paged") for r in rows):
         waiting.page_due, waiting.waited_seconds = True, waited
