@@ -9,7 +9,7 @@ with its task runs and logs. Why no run is executed twice, or left behind:
   a Pending proposal for a run already Pending or further, so two dispatchers (or a dispatcher and
   a worker) never both execute one run. A proposal whose reply was lost is resent by the client
   and answered with the run's current state: when that is the Pending carrying our transition id,
-  the run is ours (deployments/claim.py);
+  the run is ours (tasks/claim.py);
 - a run is claimed only if, read just before the claim, it is Scheduled (AwaitingRetry, what the
   UI's Retry sets, is a Scheduled state) and due: a new events subscriber replays the last minute
   of events, and a run scheduled for later announces itself when it is created;
@@ -76,7 +76,7 @@ from broadcasts.cbc_proxy import get_proxy
 from broadcasts.db import get_engine, unit_of_work
 from broadcasts.settings import get_settings
 from deployments import names
-from deployments.claim import propose_pending
+from tasks.claim import propose_pending
 from deployments.serve import client_settings
 from flows.send_broadcast_event import send_broadcast_event
 from flows.send_provider_message import send_provider_message

@@ -13,8 +13,8 @@ Why it neither loses an event nor starts two sends of one:
   set Running), or Scheduled with its start that long past (no process free to claim it); a
   Scheduled run due later (a retry planned for later) is live. Before its event is started again,
   such a run is read again and moved to Crashed, so that no process claims it later and runs it
-  beside the new one. A Scheduled run is first claimed (set Pending) as a worker claims it: the
-  server refuses the claim if another process claimed it first. A run found changed, or whose
+  beside the new one. A Scheduled run is first claimed (set Pending) as the dispatcher claims it
+  (tasks/claim.py): the server refuses the claim if another process claimed it first. A run found changed, or whose
   claim or Crashed state the server refuses, was claimed or started meanwhile: it is live, and the
   event is left alone. (Crashed, not Cancelled: a run that finds itself cancelled ends its sends
   technical-failure, which automatic resume leaves to an operator.) Two windows of about one API
@@ -58,7 +58,7 @@ from prefect.client.schemas.responses import SetStateStatus
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run as this_run
-from prefect.states import Completed, Crashed, Failed, Pending, State
+from prefect.states import Completed, Crashed, Failed, State
 
 from broadcasts.db import get_engine, unit_of_work
 from broadcasts.dispatch import TRANSIENT_DATABASE_ERRORS
@@ -67,6 +67,7 @@ from broadcasts.resume import Unfinished, events_to_dispatch
 from broadcasts.settings import Settings, get_settings
 from flows.send_broadcast_event import FLOW_NAME as SEND_EVENT_FLOW
 from flows.send_provider_message import FLOW_NAME as SEND_PROVIDER_FLOW
+from tasks.claim import propose_pending
 
 FLOW_NAME = "resume-dispatch"
 # The deployments are named after their flows (as `deployments.names` declares them).
@@ -229,8 +230,9 @@ def take_over(client: SyncPrefectClient, run: FlowRun) -> FlowRun | None:
     message = (f"not started within {NOT_STARTED_WITHIN.total_seconds():g} s; resumed by "
                f"{FLOW_NAME} run {this_run.name} ({this_run.id}), which logs the new run")
     if current.state.type == StateType.SCHEDULED:
-        # Claimed as a worker claims a run: the server refuses if another process claimed it first.
-        if client.set_flow_run_state(run.id, Pending(message=message)).status != SetStateStatus.ACCEPT:
+        # Claimed as the dispatcher claims a run: the server refuses if another process claimed it
+        # first, and a claim whose reply was lost is still ours.
+        if propose_pending(client, run.id, message=message) is None:
             return client.read_flow_run(run.id)
     if client.set_flow_run_state(run.id, Crashed(message=message)).status != SetStateStatus.ACCEPT:
         return client.read_flow_run(run.id)

@@ -1,6 +1,6 @@
 """The warm dispatcher's claim against the real test Prefect server: a Pending proposal whose reply
 was lost is still our claim, another process's Pending is not, and a run cancelled between its
-claim and its start is not started (deployments/claim.py, deployments/dispatcher.py)."""
+claim and its start is not started (tasks/claim.py, deployments/dispatcher.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from prefect.flow_engine import run_flow
 from prefect.states import Cancelled, Cancelling, Pending
 
 from deployments import names
-from deployments.claim import propose_pending
+from tasks.claim import propose_pending
 from deployments.dispatcher import ALERT_FLOWS, Dispatcher, _finish_if_cancelled
 from deployments.serve import client_settings, register_alert_deployments
 from tests.deployments.serving import start_run

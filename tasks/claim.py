@@ -11,7 +11,8 @@ Prefect's worker (`BaseWorker._propose_pending_state`) takes any Pending answer 
 is looser than needed: a Pending another process set carries its transition id, not ours, and is
 left alone (the server answers that proposal ABORT, but the rule here does not rest on that).
 `SyncPrefectClient.set_flow_run_state` draws a fresh transition id inside and does not return it,
-so the proposal is posted here, with an id of our own.
+so the proposal is posted here, with an id of our own. The warm dispatcher claims runs with it,
+and so does resume-dispatch before it takes over a run nobody started.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ from prefect.client.schemas.responses import SetStateStatus
 from prefect.states import Pending, to_state_create
 
 
-def propose_pending(client: SyncPrefectClient, run_id: uuid.UUID, transition_id: uuid.UUID | None = None
-                    ) -> State | None:
+def propose_pending(client: SyncPrefectClient, run_id: uuid.UUID, transition_id: uuid.UUID | None = None,
+                    message: str | None = None) -> State | None:
     """The run's Pending state if this proposal made it (accepted, or answered as a repeat of this
     same transition); None if another proposer's state stands. `transition_id` is fresh unless
     given (a caller repeating its own proposal passes the same one)."""
     transition_id = transition_id or uuid.uuid4()
-    proposal = to_state_create(Pending())
+    proposal = to_state_create(Pending(message=message))
     proposal.state_details.flow_run_id = run_id
     proposal.state_details.transition_id = transition_id
     response = client.request(
