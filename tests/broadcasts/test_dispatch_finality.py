@@ -24,7 +24,13 @@ from broadcasts.errors import (
     UnexpectedError,
 )
 from broadcasts.models import TECHNICAL_FAILURE, BroadcastEventRefusal, Service, utcnow
-from tests.broadcasts.test_dispatch_records import ExplodingLambda, fail_both_routes, retried, send
+from tests.broadcasts.test_dispatch_records import (
+    ExplodingLambda,
+    fail_both_routes,
+    retried,
+    send,
+    update_behind_a_failing_alert,
+)
 from tests.broadcasts.test_dao import written_apart
 from tests.factories import make_event, make_message, make_service
 from tests.flows.helpers import calls_for, statuses
@@ -219,13 +225,7 @@ def test_a_cancel_that_only_waits_for_a_retrying_alert_does_not_stop_the_alert(e
 
 
 def test_a_wait_longer_than_the_longest_retry_interval_pages_once_per_earlier_event(environment, engine, sim):
-    service_id = make_service(engine)
-    message_id = make_message(engine, service_id)
-    alert = make_event(engine, service_id, message_id)
-    fail_both_routes(sim)
-    with pytest.raises(AllRoutesFailed):
-        send(engine, alert)
-    update_id = make_event(engine, service_id, message_id, message_type="update")
+    alert, update_id = update_behind_a_failing_alert(engine, sim)
     mode = dispatch.Mode(long_wait_seconds=240)
     later = [utcnow() + timedelta(seconds=s) for s in (0, 239, 241, 300, 900)]
     found = []
