@@ -4,7 +4,6 @@ reason, and nothing sends it again (tasks/run_cancel.py, deployments/dispatcher.
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 
 import pytest
