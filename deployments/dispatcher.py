@@ -36,7 +36,7 @@ for new runs alone would not hold: a new alert that then waits for the same dead
 its reserved thread, and one outage uses the reserve up.
 
 Cancel in the UI cannot kill a thread, so the provider-send task reads its run's state before each
-retry and after each failed attempt, and stops when it is Cancelling: the provider message ends
+retry and (in the background) after each failed attempt, and stops when it is Cancelling: the provider message ends
 `technical-failure` with the reason (tasks/run_cancel.py), so resume-dispatch leaves it. When the
 flow ends this process marks the run Cancelled (the server refuses the flow's own final state
 after a cancel, which would leave it Cancelling until Prefect's cleanup 300 s later).

@@ -4,8 +4,8 @@ Prefect cancels a run by killing its process. The warm dispatcher runs each run 
 own process, which cannot be killed, and Prefect 3.9 marks a run Cancelled after 300 s in
 Cancelling whatever the thread still does: resume-dispatch then saw no live run and started a
 second one while the first kept sending. So the provider-send task reads its own flow run's
-state (one short API call, tasks/slot_api.py) before each retry attempt, and after a failed attempt before it waits for
-the retry, and stops when the run is Cancelling or Cancelled: a Cancel takes effect within one
+state (one short API call, tasks/slot_api.py) before each retry attempt, and after a failed
+attempt (in a thread of its own, while the retry waits), and stops when the run is Cancelling or Cancelled: a Cancel takes effect within one
 retry wait or one attempt, whichever is longer. A first attempt does not ask: the engine does not
 start a run cancelled before it starts, and asking would cost every alert a round trip.
 
@@ -16,7 +16,9 @@ operator's back; `broadcasts replay` does.
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from uuid import UUID
@@ -36,8 +38,10 @@ CANCELLED = (StateType.CANCELLING, StateType.CANCELLED)
 @contextmanager
 def stopped_if_run_cancelled(engine: Engine, event_id: str, provider: str) -> Iterator[None]:
     """Around one attempt of the provider-send task: raises RunCancelled (never retried), after
-    recording it, when this task's flow run has been cancelled; asked before a retry attempt and
-    when the attempt raised a RetryableError (the retry would wait first)."""
+    recording it, when this task's flow run has been cancelled; asked before a retry attempt. When
+    the attempt raised a RetryableError it is also asked at once, in a thread of its own while
+    the retry waits (asked inline, the read lengthened every retry wait by its round trip): a
+    cancel found then is recorded, and the retry stops on it."""
     context = TaskRunContext.get()
     if context is not None and context.task_run.run_count > 1:
         _stop_if_cancelled(context, engine, event_id, provider)
@@ -45,8 +49,17 @@ def stopped_if_run_cancelled(engine: Engine, event_id: str, provider: str) -> It
         yield
     except RetryableError:
         if context is not None:
-            _stop_if_cancelled(context, engine, event_id, provider)
+            threading.Thread(target=contextvars.copy_context().run,
+                             args=(_record_if_cancelled, context, engine, event_id, provider),
+                             name=f"cancel check {provider}", daemon=True).start()
         raise
+
+
+def _record_if_cancelled(context: TaskRunContext, engine: Engine, event_id: str, provider: str) -> None:
+    try:
+        _stop_if_cancelled(context, engine, event_id, provider)
+    except RunCancelled:  # recorded: the retry ends on the technical-failure
+        pass
 
 
 def _stop_if_cancelled(context: TaskRunContext, engine: Engine, event_id: str, provider: str) -> None:
