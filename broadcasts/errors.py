@@ -39,6 +39,7 @@ Messages name the event, the provider and the next command to run.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
 
@@ -57,10 +58,13 @@ class RetryableError(DispatchError):
     event_id: object = None
     provider: str | None = None
     expires_at: datetime | None = None
+    # time.monotonic() of the attempt's last answer, where one came: the retry's wait starts there.
+    answered_at: float | None = None
 
 
 class AllRoutesFailed(RetryableError):
     def __init__(self, failures: list[dict]) -> None:
+        self.answered_at = time.monotonic()
         self.failures = failures
         reasons = "; ".join(f"{f['function']}: {f['error']}" for f in failures)
         super().__init__(f"every route failed ({reasons})")

@@ -9,7 +9,7 @@ from broadcasts import link_tests
 from broadcasts.cbc_proxy import get_proxy
 from broadcasts.db import get_engine
 from broadcasts.settings import get_settings
-from tasks.provider_limits import ensure_limits, provider_slot, slot_wait_seconds
+from tasks.provider_limits import ensure_limits, slot_for, slot_wait_seconds
 
 
 @task(name="link-test-route", task_run_name="link test {provider} {route}", retries=0)
@@ -21,5 +21,5 @@ def link_test_route(provider: str, route: str) -> link_tests.RouteTestResult:
     ensure_limits([provider])
     return link_tests.link_test_route(
         get_engine(settings.database_url), get_proxy(settings), provider, route,
-        provider_slot=lambda: provider_slot(provider, wait),
+        provider_slot=lambda: slot_for(settings, provider, wait),
     )

@@ -1,4 +1,6 @@
 """The per-provider global concurrency limits `cbc-<provider>`: a mutex around each proxy call.
+(On a SQLite app database, where every sender is on one machine, the mutex is a file lock
+instead: `slot_for`, tasks/provider_file_slot.py.)
 
 Limit 1 stops two sends to one network overlapping. It is not an ordering tool (waiters are not
 served in order; ordering is docs/behaviour.md §4 rule 5) and it is held only while the proxy is called, never
@@ -9,7 +11,8 @@ process (tasks/slot_api.py, which also keeps every call short and never raises):
 `concurrency()` helper shares an event loop across flow runs in one process, and two flow runs
 finishing together were seen to leave a slot occupied for good; and a new client per send cost a
 connection and about 40 ms before every proxy call. The release runs in a thread of its own, so
-the send's result does not wait for it.
+the send's result does not wait for it, and asks again while the API is away until the lease
+would have expired anyway.
 
 A slot must never keep an alert from a network, and stuck is judged per holder, never by how
 long a waiter has waited: three sends queued behind a slow network made the third give up, free
@@ -40,16 +43,19 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prefect.events import emit_event
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
+from sqlalchemy.engine import make_url
 
 from broadcasts.settings import Settings
 from tasks import slot_api
+from tasks.provider_file_slot import file_slot, slot_directory
 from tasks.slot_api import LEASE_SECONDS, Answer, Locked, Missing, SlotApi, Taken, Unanswered
 from tasks.slot_turns import HandOn, Turns
 
@@ -58,7 +64,7 @@ from tasks.slot_turns import HandOn, Turns
 MAX_POLL_SECONDS = 0.5
 MIN_POLL_SECONDS = 0.05
 FAIR_PAUSE_SECONDS = MAX_POLL_SECONDS + 0.2  # a waiter elsewhere asks at least once meanwhile
-RELEASE_RETRY_SECONDS = 5.0  # short: a process that ends waits for its release
+RELEASE_RETRY_SECONDS = 5.0  # a process that ends waits this long for its release; a daemon asks on
 SLOT_STUCK_EVENT = "broadcast.provider.slot-stuck"
 
 logger = logging.getLogger(__name__)
@@ -166,6 +172,24 @@ def provider_slot(provider: str, timeout_seconds: float) -> Iterator[str | None]
             turns.end(turn)
 
 
+def slot_for(settings: Settings, provider: str, timeout_seconds: float) -> AbstractContextManager[str | None]:
+    """The slot every send through `settings`' app database shares. On a SQLite file every sender
+    runs on this machine: a file lock (tasks/provider_file_slot.py). Otherwise Prefect's global
+    limit (`provider_slot`)."""
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        return _file_slot(slot_directory(url.database), provider, timeout_seconds)
+    return provider_slot(provider, timeout_seconds)
+
+
+@contextmanager
+def _file_slot(directory: Path, provider: str, timeout_seconds: float) -> Iterator[str | None]:
+    with file_slot(directory, provider, timeout_seconds) as note:
+        if note is not None:
+            _page(provider, note)
+        yield note
+
+
 def _beat(timeout_seconds: float) -> float:
     """How often a holder renews and rewrites its record: well within the lease and the wait."""
     return min(LEASE_SECONDS / 3, timeout_seconds / 4)
@@ -175,7 +199,8 @@ def _acquire(api: SlotApi, provider: str, timeout_seconds: float) -> uuid.UUID |
     name = limit_name(provider)
     patience = _Patience(timeout_seconds, api)
     while True:
-        answer = api.take(name)
+        # A short wait for the answer during an outage already seen: the bound is not waited twice.
+        answer = api.take(name, wait=0 if api.outage_seen_at is not None else patience.left())
         wait = MAX_POLL_SECONDS
         if isinstance(answer, Taken):
             return answer.lease_id
@@ -220,19 +245,41 @@ def _keep(api: SlotApi, provider: str, lease_id: uuid.UUID, timeout_seconds: flo
 def _release(api: SlotApi, name: str, lease_id: uuid.UUID, keeper: threading.Thread, turns: Turns,
              turn: int, pause: float) -> None:
     keeper.join()  # its calls are short; a renewal after the release would only log
+    expires = time.monotonic() + LEASE_SECONDS  # renewed at the latest now
     try:
         failed = api.release(lease_id)
         time.sleep(pause)
     finally:
         turns.end(turn)  # only now: the next in turn finds the slot free
-    # A lease left behind blocks the network until it expires: ask a few more times, then leave it.
-    deadline = time.monotonic() + RELEASE_RETRY_SECONDS
+    if failed is None:
+        return
+    # A lease left behind blocks the network until it expires, so ask until then: a Prefect API
+    # restarting takes longer than RELEASE_RETRY_SECONDS under load. A release after the lease
+    # expired frees nothing (the server has no such lease), so asking late is safe.
+    failed = _release_before(api, lease_id, time.monotonic() + RELEASE_RETRY_SECONDS)
+    if failed is None:
+        return
+    logger.warning("could not release %s lease %s yet (%s); asking again until it expires within %s s",
+                   name, lease_id, failed.reason, LEASE_SECONDS)
+    # A daemon: a process that ends now is not held up; its lease then expires on its own.
+    threading.Thread(target=_release_late, args=(api, name, lease_id, expires),
+                     name=f"release {name} late", daemon=True).start()
+
+
+def _release_before(api: SlotApi, lease_id: uuid.UUID, deadline: float) -> Unanswered | None:
+    failed: Unanswered | None = Unanswered("not asked")
     while failed is not None and time.monotonic() < deadline:
         time.sleep(MAX_POLL_SECONDS)
         failed = api.release(lease_id)
-    if failed is not None:  # the send's outcome matters more; the lease expires on its own
-        logger.warning("could not release %s lease %s (%s); it expires within %s s", name, lease_id,
-                       failed.reason, LEASE_SECONDS)
+    return failed
+
+
+def _release_late(api: SlotApi, name: str, lease_id: uuid.UUID, expires: float) -> None:
+    failed = _release_before(api, lease_id, expires)
+    if failed is None:
+        logger.warning("released %s lease %s after the Prefect API came back", name, lease_id)
+    else:  # the send's outcome matters more; the lease has expired meanwhile
+        logger.warning("could not release %s lease %s (%s); it has expired", name, lease_id, failed.reason)
 
 
 def _report_stuck(api: SlotApi, provider: str, gave_up: _GaveUp, timeout_seconds: float) -> str:
@@ -246,6 +293,12 @@ def _report_stuck(api: SlotApi, provider: str, gave_up: _GaveUp, timeout_seconds
         why = gave_up.answer.reason if isinstance(gave_up.answer, Unanswered) else "the limit could not be created"
         note = (f"{name} not taken: the Prefect API did not answer for {timeout_seconds:g} s ({why}); "
                 "sent without the slot")
+    _page(provider, note)
+    return note
+
+
+def _page(provider: str, note: str) -> None:
+    name = limit_name(provider)
     _run_logger().error("%s", note)
     try:
         emit_event(
@@ -255,7 +308,6 @@ def _report_stuck(api: SlotApi, provider: str, gave_up: _GaveUp, timeout_seconds
         )
     except Exception:  # the send matters more than the page
         logger.warning("could not emit %s", SLOT_STUCK_EVENT, exc_info=True)
-    return note
 
 
 def _describe(record: Any) -> str:

@@ -6,21 +6,25 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime
+from collections.abc import Hashable
 from typing import Any, SupportsIndex
 
 from prefect import Task, get_run_logger, task
+from prefect.context import TaskRunContext
 from prefect.events import emit_event
 
 from broadcasts import dispatch, retry
-from broadcasts.cbc_proxy import get_proxy
+from broadcasts.cbc_proxy import CBCProxy, get_proxy
 from broadcasts.db import get_engine
 from broadcasts.errors import EarlierEventFailed, EarlierEventPending, NotSendable, RetryableError
 from broadcasts.models import utcnow
 from broadcasts.settings import get_settings
-from tasks.provider_limits import provider_slot, slot_wait_seconds
+from tasks.provider_limits import slot_for, slot_wait_seconds
+from tasks.retry_clock import RetryClock
 from tasks.run_cancel import stopped_if_run_cancelled
 
 logger = logging.getLogger(__name__)
+_clock = RetryClock()
 # Emitted when a send is blocked behind an earlier event's technical-failure (an operator alert).
 PROVIDER_BLOCKED_EVENT = "broadcast.provider.blocked"
 # Emitted once per earlier event when a send has waited for it past the longest retry interval.
@@ -52,7 +56,8 @@ def should_retry(task: Any, task_run: Any, state: Any) -> bool:
 
 class DelaysCutAtExpiry(list[float]):
     """The schedule as Prefect reads it: the engine indexes `retry_delay_seconds` at the moment a
-    retry is due, so each wait is computed then and cut to land just after the finish time."""
+    retry is due, so each wait is computed then, cut to land just after the finish time, and
+    otherwise timed so the next call comes on plan (tasks/retry_clock.py)."""
 
     def __init__(self, finishes_at: datetime | None, scale: float) -> None:
         super().__init__(retry.scaled_delays(scale))
@@ -62,7 +67,10 @@ class DelaysCutAtExpiry(list[float]):
         if isinstance(index, slice):
             return super().__getitem__(index)
         seconds_left = None if self.finishes_at is None else (self.finishes_at - utcnow()).total_seconds()
-        return retry.delay_before(int(index), seconds_left, self.scale)
+        delay = retry.delay_before(int(index), seconds_left, self.scale)
+        if delay < retry.retry_delay(int(index)) * self.scale:  # cut to land just after expiry: kept as cut
+            return delay
+        return _clock.wait(_this_run(), delay)
 
 
 @task(
@@ -83,15 +91,16 @@ def send_to_provider(broadcast_event_id: str, provider: str, replay_failed: bool
         with stopped_if_run_cancelled(engine, broadcast_event_id, provider):  # an operator's Cancel
             result = dispatch.send_to_provider(
                 engine,
-                get_proxy(settings),
+                _Timed(get_proxy(settings), _this_run()),  # type: ignore[arg-type]  # the proxy's send, timed
                 uuid.UUID(broadcast_event_id),
                 provider,
                 headline=settings.broadcast_headline,
                 enabled=settings.enabled_cbcs,
-                provider_slot=lambda: provider_slot(provider, slot_timeout),
+                provider_slot=lambda: slot_for(settings, provider, slot_timeout),
                 mode=dispatch.Mode(replay_failed=replay_failed, long_wait_seconds=long_wait),
             )
     except RetryableError as error:
+        _clock.failed(_this_run(), at=error.answered_at)  # the planned wait starts there
         logger.warning("%s: %s", type(error).__name__, error)
         if isinstance(error, EarlierEventPending) and error.page_due:  # once per earlier event
             logger.error("%s", error.long_wait())
@@ -111,6 +120,25 @@ def send_to_provider(broadcast_event_id: str, provider: str, replay_failed: bool
         f" via {result.route}" if result.sent_now else " (already acknowledged; not sent again)",
     )
     return result
+
+
+def _this_run() -> Hashable:
+    context = TaskRunContext.get()
+    return None if context is None else context.task_run.id
+
+
+class _Timed:
+    """The proxy, noting when an attempt calls it: what a retry's start-up took."""
+
+    def __init__(self, proxy: CBCProxy, run: Hashable) -> None:
+        self._proxy, self._run = proxy, run
+
+    def send(self, *args: Any, **kwargs: Any) -> Any:
+        _clock.calling(self._run)
+        return self._proxy.send(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._proxy, name)
 
 
 def _announce(name: str, event_id: str, provider: str, **payload: Any) -> None:

@@ -41,6 +41,12 @@ from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_A
 
 # Prefect answers these calls in milliseconds; a server that takes longer is as good as down.
 CALL_TIMEOUT_SECONDS = 2.0
+# Except the take: a take the server granted but whose answer came too late holds the slot with
+# a lease nobody knows until it expires (LEASE_SECONDS, plus the server's sweep), which held a
+# network back for 60 s when API replicas answered slowly under a burst. Waiting longer for
+# that one answer costs nothing when it comes, and a connection refused still fails at once.
+# (Never past the waiter's own bound: `take(wait=...)`.)
+TAKE_TIMEOUT_SECONDS = 10.0
 LEASE_SECONDS = 60  # the shortest lease the server accepts
 
 logger = logging.getLogger(__name__)
@@ -95,14 +101,21 @@ class SlotApi:
         self.outage_seen_at: float | None = None
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
 
-    def take(self, name: str) -> Answer:
+    def take(self, name: str, wait: float = TAKE_TIMEOUT_SECONDS) -> Answer:
+        """Asks for the slot, waiting up to `wait` s (at least CALL_TIMEOUT_SECONDS) for the answer."""
+        read = max(CALL_TIMEOUT_SECONDS, min(wait, TAKE_TIMEOUT_SECONDS))
+        timeout = httpx.Timeout(read, connect=CALL_TIMEOUT_SECONDS)
+
         def call(client: SyncPrefectClient) -> Taken | Missing:
-            body = client.increment_concurrency_slots_with_lease(
-                names=[name], slots=1, mode="concurrency", lease_duration=LEASE_SECONDS).json()
+            body = client.request("POST", "/v2/concurrency_limits/increment-with-lease", timeout=timeout, json={
+                "names": [name], "slots": 1, "mode": "concurrency", "lease_duration": LEASE_SECONDS}).json()
             return Taken(uuid.UUID(body["lease_id"])) if body.get("limits") else Missing()
 
         answer = self._call(call, locked_ok=True)
         assert not isinstance(answer, _Gone)
+        if isinstance(answer, Unanswered) and "Timeout" in answer.reason:
+            logger.warning("taking %s: no answer within %g s; if the server took the slot, it stays taken "
+                           "until its lease expires (%s s)", name, read, LEASE_SECONDS)
         return answer
 
     def renew(self, lease_id: uuid.UUID) -> bool | None:

@@ -21,7 +21,7 @@ from broadcasts.models import utcnow
 from broadcasts.settings import get_settings
 from tasks.provider_limits import SLOT_STUCK_EVENT, ensure_limits, limit_name, provider_slot
 from tasks.slot_api import holder_record_name
-from tests.conftest import PROJECT_ROOT, prefect_side
+from tests.conftest import PROJECT_ROOT
 from tests.factories import make_alert
 from tests.flows.helpers import eventually, in_thread, prefect_events, run_event, statuses
 
@@ -100,6 +100,7 @@ def test_a_leaked_slot_does_not_keep_an_alert_from_the_network(configure, engine
     assert "slot_stuck" not in (statuses(engine, second)["three"].history[-1].detail or {})
 
 
+@pytest.mark.sqlite
 def test_the_task_holds_the_slot_so_three_alerts_to_one_network_never_overlap(configure, engine, sim):
     configure(ENABLED_CBCS="ee")
     sim.fault("ee-1-proxy", delay_seconds=0.3, times=3)
@@ -134,7 +135,6 @@ def timed(slot, held: list):  # type: ignore[no-untyped-def]
             held.append((begun, time.monotonic(), note))
 
 
-@prefect_side
 def test_sends_queued_behind_a_slow_network_wait_their_turn_and_none_is_taken_for_stuck(configure, engine, sim):
     """Both routes time out, so each send holds the slot about 3 s; the third waits about 6 s,
     longer than the 5 s a waiter gives a holder that shows no sign of life. Live holders are not
@@ -184,7 +184,6 @@ dispatch.send_to_provider(get_engine(settings.database_url), get_proxy(settings)
 """
 
 
-@prefect_side
 def test_a_send_from_another_process_gets_the_slot_while_this_process_has_a_queue(configure, engine, sim, tmp_path):
     """Fourteen sends here (0.5 s each) and one from another process that gives a silent holder
     3 s: the other process's send sees the slot move, takes it before this process's queue is
@@ -238,7 +237,6 @@ with provider_slot("ee", 60):
 """
 
 
-@prefect_side
 def test_a_holder_that_died_is_taken_for_gone_and_its_lease_released(configure, engine, sim, caplog):
     configure(ENABLED_CBCS="ee")
     ensure_limits(["ee"])
@@ -286,7 +284,6 @@ def _active_slots(provider: str) -> int:
         return client.read_global_concurrency_limit_by_name(limit_name(provider)).active_slots
 
 
-@prefect_side
 def test_a_holder_stuck_in_its_call_past_the_bound_does_not_keep_the_network_from_the_next_send(configure, engine):
     """A send holding the slot far longer than any live call can (its body blocked, say) stops
     looking alive once it has held it for the bound: the send queued behind it in this process goes

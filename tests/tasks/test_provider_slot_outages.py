@@ -21,12 +21,11 @@ from broadcasts.cbc_proxy import get_proxy
 from broadcasts.settings import get_settings
 from tasks.provider_limits import ensure_limits, limit_name, provider_slot, slot_wait_seconds
 from tasks.slot_api import CALL_TIMEOUT_SECONDS
-from tests.conftest import prefect_side
 from tests.factories import make_alert
 from tests.flows.helpers import eventually, in_thread, statuses
 from tests.tasks.prefect_door import PrefectDoor
 
-pytestmark = [pytest.mark.usefixtures("prefect_server"), prefect_side]
+pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 @pytest.fixture

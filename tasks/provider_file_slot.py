@@ -1,0 +1,52 @@
+"""The provider slot on the SQLite app database: one `flock` per provider, beside the database.
+
+Every process that sends through a SQLite app database runs on the machine that holds its file,
+so a file lock is a mutex across all of them: taken and given back without a network call, and
+gone when its holder dies (no lease to expire, nothing to free). Prefect's global limits
+(tasks/provider_limits.py) cost several writes per send, and on the embedded default's Prefect
+server (SQLite too) those writes queue behind each other and come back as 503s: the four sends of
+one event reached their networks seconds apart.
+
+The rule stays the one of docs/behaviour.md §4: held only around the proxy call, and a holder
+that keeps it longer than `timeout_seconds` (alive but stuck in its call) does not keep an alert
+from its network: the waiter sends without it, logs an ERROR and emits the slot-stuck event.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+POLL_SECONDS = 0.005  # a free slot is taken within this; the holders' calls take milliseconds and up
+
+
+def slot_directory(database: str) -> Path:
+    return Path(f"{database}.provider-slots")
+
+
+@contextmanager
+def file_slot(directory: Path, provider: str, timeout_seconds: float) -> Iterator[str | None]:
+    """Holds the provider's lock for the body and yields None; or, when another holder kept it for
+    `timeout_seconds`, yields why the body runs without it."""
+    directory.mkdir(exist_ok=True)
+    # flock belongs to the open file description: two threads of one process exclude each other too.
+    descriptor = os.open(directory / f"{provider}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield (f"the {provider} slot ({directory / provider}.lock) still held after "
+                           f"{timeout_seconds:g} s by a live process; sent without the slot")
+                    return
+                time.sleep(POLL_SECONDS)
+        yield None
+    finally:
+        os.close(descriptor)  # also releases the lock
