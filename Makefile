@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
-.PHONY: install demo demo-ui test test-sqlite test-postgresql bench clean
+.PHONY: install demo demo-ui ha-demo test test-sqlite test-postgresql test-ha bench clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,ha]"
 	touch $(INSTALLED)
 
 install: $(INSTALLED)
@@ -21,6 +21,9 @@ demo: install
 demo-ui: install
 	DEMO_KEEP=1 bash scripts/demo.sh
 
+ha-demo: install
+	$(PY) -m scripts.ha_demo
+
 test: test-sqlite test-postgresql
 
 test-sqlite: install
@@ -28,6 +31,9 @@ test-sqlite: install
 
 test-postgresql: install
 	TEST_DATABASE=postgresql TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest $(PYTEST_ARGS)
+
+test-ha: install
+	TEST_DATABASE=postgresql TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest tests/ha -m ha -s $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m benchmarks
