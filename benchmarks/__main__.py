@@ -9,6 +9,8 @@ the same run, with its target, and written to benchmarks/results/latest.json:
 - latency: an alert posted to `broadcasts serve`'s webhook (202; its warm dispatcher runs the
   alert) until the simulator receives the 4th provider call; baseline: the same 4 proxy invokes issued directly in 4 threads; also the flow called in
   this process against the same Prefect server.
+- latency_embedded: the same on `make demo`'s defaults (SQLite app database, Prefect's server
+  on SQLite), on a stack of its own started first; `python -m benchmarks embedded` runs it alone.
 - latency_serve: the same through `broadcasts serve --no-dispatcher` (Prefect's runner: a poll,
   then a new process per run), against the warm dispatcher of `latency`.
 - burst_10: 10 alerts posted at once until the simulator has received all 40 calls.
@@ -20,6 +22,9 @@ the same run, with its target, and written to benchmarks/results/latest.json:
   next attempt's first call) against the planned schedule.
 - cost: database statements per provider send (empty and 10,000-event history) and the peak
   resident memory of the `serve` process tree during the latency run.
+- ha: the same latency on the high-availability topology beside the single server's, and the
+  recovery after an API replica or a dispatcher is SIGKILLed (benchmarks/ha.py), on a stack of
+  its own once the single-server one is stopped. `python -m benchmarks ha` runs it alone.
 
 Targets are reported as met / NOT MET; nothing is asserted.
 """
@@ -30,18 +35,19 @@ import json
 import os
 import random
 import signal
-import statistics
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import measure
+from benchmarks import ha, measure
 from benchmarks.stack import TreeMemory, postgres_version, running_stack
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+HA_LOGS = Path(__file__).resolve().parents[1] / ".ha-bench"  # each part's log, kept for a look after
 
 LATENCY_SAMPLES = 30
+EMBEDDED_SAMPLES = 20
 SERVE_SAMPLES = 15  # plain serve: seconds each, and only the comparison
 BURST_10 = 10
 FANOUT_SAMPLES = 12
@@ -57,10 +63,20 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
     started = time.monotonic()
+    if argv == ["ha"]:
+        print_ha(ha.run(HA_LOGS), None)
+        return 0
+    if argv == ["embedded"]:
+        print_embedded(embedded_latency())
+        return 0
+    if argv:
+        print("usage: python -m benchmarks [ha | embedded]", file=sys.stderr)
+        return 2
+    embedded = embedded_latency()
     with running_stack() as (stack, exits):
         os.environ.update(stack.app_environment())  # before anything reads settings or imports prefect
         print(f"stack up in {time.monotonic() - started:.1f} s: Prefect {stack.api_url}, "
@@ -107,6 +123,7 @@ def main() -> int:
 
         result = {
             "latency": _latency(latency, baseline, inprocess),
+            "latency_embedded": embedded,
             "latency_serve": _latency(latency_serve, baseline, inprocess),
             "burst_10": {"seconds": _round(burst_10)},
             "fanout_500ms": {
@@ -115,20 +132,50 @@ def main() -> int:
             },
             "burst": {"seconds": _round(burst), "baseline_seconds": _round(burst_baseline),
                       "ratio": _round(burst / burst_baseline, 2)},
-            "retry_fidelity": {"max_relative_error": _round(
-                max(abs(g - p) / p for g, p in zip(gaps, planned, strict=True)), 4)},
+            "retry_fidelity": {
+                "max_relative_error": _round(max(abs(g - p) / p for g, p in zip(gaps, planned, strict=True)), 4),
+                "per_step": [{"planned_s": p, "observed_s": _round(g), "relative_error": _round((g - p) / p, 4)}
+                             for g, p in zip(gaps, planned, strict=True)]},
             "cost": {"statements_per_send": statements, "statements_per_send_10k_history": statements_history,
                      "worker_peak_rss_mib": _round(memory.peak_mib, 1)},
             "machine": {"cores": os.cpu_count(), "prefect": _prefect_version(), "postgresql": postgres_version()},
             "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         bench.close()
+    result["ha"] = ha.run(HA_LOGS)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print_table(result, gaps, planned, len(latency), len(fanout), len(latency_serve))
+    print_table(result, planned, len(latency), len(fanout), len(latency_serve))
+    print_embedded(result["latency_embedded"])
+    print_ha(result["ha"], result["latency"])
     print(f"\nwritten to {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS}; "
           f"total {time.monotonic() - started:.0f} s")
     return 0
+
+
+def embedded_latency() -> dict[str, float]:
+    """The webhook → 4th call latency on `make demo`'s defaults (SQLite app database, Prefect's
+    server on its own SQLite), on a stack of its own."""
+    with running_stack(embedded=True) as (stack, exits):
+        os.environ.update(stack.app_environment())
+        bench = measure.Bench(stack)
+        stack.serve(exits)
+        try:
+            for _ in range(2):
+                bench.alert_latency()
+            samples = [bench.alert_latency(pause=random.uniform(0.2, 1.5)) for _ in range(EMBEDDED_SAMPLES)]
+            baseline = [bench.direct_fanout() for _ in range(EMBEDDED_SAMPLES)]
+        finally:
+            bench.close()
+    print(f"latency, embedded defaults: p50 {_p(samples, 50)} s, p95 {_p(samples, 95)} s", flush=True)
+    return {"p50_s": _p(samples, 50), "p95_s": _p(samples, 95), "max_s": _round(max(samples)),
+            "baseline_p50_s": _p(baseline, 50), "ratio_p50": _round(_p(samples, 50) / _p(baseline, 50), 2)}
+
+
+def print_embedded(r: dict) -> None:
+    print(f"\nembedded defaults (SQLite app database, Prefect on SQLite): alert latency p50 {r['p50_s']:.3f} s "
+          f"(≤ 0.5 s: {_mark(r['p50_s'] <= 0.5)}), p95 {r['p95_s']:.3f} s (≤ 1.0 s: {_mark(r['p95_s'] <= 1.0)}), "
+          f"max {r['max_s']:.3f} s; direct 4 invokes {r['baseline_p50_s']:.3f} s")
 
 
 def _latency(samples: list[float], baseline: list[float], inprocess: list[float]) -> dict[str, float]:
@@ -148,16 +195,14 @@ def _round(value: float, digits: int = 3) -> float:
 
 
 def _p(samples: list[float], percentile: int) -> float:
-    if percentile == 50:
-        return _round(statistics.median(samples))
-    return _round(statistics.quantiles(samples, n=100, method="inclusive")[percentile - 1])
+    return measure.percentile(percentile, samples)
 
 
 def _mark(ok: bool) -> str:
     return "met" if ok else "NOT MET"
 
 
-def print_table(r: dict, gaps: list[float], planned: list[float], n_latency: int, n_fanout: int,
+def print_table(r: dict, planned: list[float], n_latency: int, n_fanout: int,
                 n_serve: int) -> None:
     lat, fan, burst, retry, cost = r["latency"], r["fanout_500ms"], r["burst"], r["retry_fidelity"], r["cost"]
     plain = r["latency_serve"]
@@ -195,10 +240,22 @@ def print_table(r: dict, gaps: list[float], planned: list[float], n_latency: int
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-    print("observed retry waits: " + ", ".join(f"{g:.3f}" for g in gaps) + " s")
+    print("retry waits, observed against plan: " + ", ".join(
+        f"{step['observed_s']:.3f} s for {step['planned_s']:g} s ({step['relative_error'] * 100:+.1f} %)"
+        for step in retry["per_step"]))
     m = r["machine"]
     print(f"machine: {m['cores']} cores, Prefect {m['prefect']}, PostgreSQL {m['postgresql']}, at {r['at']}")
 
 
+def print_ha(r: dict, single: dict | None) -> None:
+    lat, recovery = r["latency"], r["recovery_s"]
+    beside = f", single server {single['p50_s']:.3f} / {single['p95_s']:.3f} s" if single else ""
+    print(f"\nHA topology (2 API replicas on Redis, 2 dispatchers, 2 webhooks): alert latency p50 "
+          f"{lat['p50_s']:.3f} s, p95 {lat['p95_s']:.3f} s{beside}; direct 4 invokes {lat['baseline_p50_s']:.3f} s, "
+          f"ratio {lat['ratio_p50']:.1f}x")
+    print(f"HA recovery, kill → last acknowledgement of a burst of {ha.BURST} around it: API replica "
+          f"{recovery['api_replica_killed']:.1f} s, dispatcher {recovery['dispatcher_killed']:.1f} s")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

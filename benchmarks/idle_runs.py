@@ -56,7 +56,7 @@ def main() -> int:
         from broadcasts.db import unit_of_work
         from broadcasts.status import event_status
         from deployments import names
-        from deployments.serve import register_alert_deployments
+        from deployments.definitions import register_alert_deployments
 
         register_alert_deployments()
         dispatcher = stack.start(exits, "dispatcher", [BROADCASTS, "dispatcher"], dict(os.environ))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import statistics
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,8 +30,14 @@ SQUARE = [[51.5, -0.1], [51.6, -0.1], [51.6, 0.0]]
 CALL_TIMEOUT = 60.0
 
 
-def _at(iso: str) -> float:
+def at(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
+
+
+def percentile(percentile: int, samples: list[float]) -> float:
+    if percentile == 50:
+        return round(statistics.median(samples), 3)
+    return round(statistics.quantiles(samples, n=100, method="inclusive")[percentile - 1], 3)
 
 
 class Bench:
@@ -126,7 +133,7 @@ class Bench:
         if not self.templates:
             self.templates = {r["function"]: r["payload"] for r in found}
         time.sleep(pause)
-        return max(_at(r["responded_at" if answered else "received_at"]) for r in found[:len(PROVIDERS)]) - accepted
+        return max(at(r["responded_at" if answered else "received_at"]) for r in found[:len(PROVIDERS)]) - accepted
 
     def burst_sent(self, events: int) -> float:
         """Seconds from posting `events` events at once until the simulator has received all
@@ -136,7 +143,7 @@ class Bench:
             start = time.time()
             list(pool.map(lambda created: self.post_until_accepted(created[0]), tags))
         last = [self.wait_for_calls(tag, len(PROVIDERS))[len(PROVIDERS) - 1] for _, tag in tags]
-        return max(_at(r["received_at"]) for r in last) - start
+        return max(at(r["received_at"]) for r in last) - start
 
     def burst(self, events: int, timeout: float = 300.0) -> float:
         """Seconds from posting `events` events at once until every provider message is acknowledged."""
@@ -182,7 +189,7 @@ class Bench:
             future.result()
         found = self.wait_for_calls(tag, len(PROVIDERS), answered=answered)
         time.sleep(pause)
-        return max(_at(r["responded_at" if answered else "received_at"]) for r in found[:len(PROVIDERS)]) - start
+        return max(at(r["responded_at" if answered else "received_at"]) for r in found[:len(PROVIDERS)]) - start
 
     def direct_burst(self, invokes: int, parallel: int) -> float:
         tag = uuid.uuid4().hex
@@ -201,7 +208,7 @@ class Bench:
         settings costs tens of milliseconds, so it is done once, outside the timings)."""
         from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-        from deployments.serve import client_settings
+        from deployments.prefect_api import client_settings
         from flows.send_broadcast_event import send_broadcast_event
 
         for handler in logging.getLogger().handlers:  # run logs go to the server, not between the figures
@@ -222,7 +229,7 @@ class Bench:
                 start = time.time()
                 send_broadcast_event(str(event_id))
                 found = self.wait_for_calls(tag, len(PROVIDERS))
-                result.append(_at(found[len(PROVIDERS) - 1]["received_at"]) - start)
+                result.append(at(found[len(PROVIDERS) - 1]["received_at"]) - start)
         return result
 
     def retry_gaps(self, scale: float, failures: int) -> tuple[list[float], list[float]]:
@@ -249,8 +256,8 @@ class Bench:
             else:
                 os.environ["BROADCAST_RETRY_DELAY_SCALE"] = saved
             get_settings.cache_clear()
-        primary = sorted(_at(r["received_at"]) for r in self.calls(tag, "ee-1-proxy"))
-        failover = sorted(_at(r["responded_at"]) for r in self.calls(tag, "ee-2-proxy"))
+        primary = sorted(at(r["received_at"]) for r in self.calls(tag, "ee-1-proxy"))
+        failover = sorted(at(r["responded_at"]) for r in self.calls(tag, "ee-2-proxy"))
         if (len(primary), len(failover)) != (failures + 1, failures):
             raise RuntimeError(f"retry: {len(primary)} primary and {len(failover)} failover calls, "
                                f"expected {failures + 1} and {failures}")

@@ -1,21 +1,15 @@
 """The whole service on this machine, on production settings, for the benchmarks: two throwaway
-PostgreSQL databases (the app's and Prefect's), `broadcasts server`, the simulator, the schema,
-and `broadcasts serve` with its webhook. Each process runs in its own process group, and every
+PostgreSQL databases (the app's and Prefect's; or, embedded, the demo's SQLite files),
+`broadcasts server`, the simulator, the schema, and `broadcasts serve` with its webhook. Each process runs in its own process group, and every
 one is stopped (and both databases dropped) however the benchmark ends."""
 
 from __future__ import annotations
 
-import base64
 import os
 import secrets
-import signal
 import subprocess
-import sys
 import tempfile
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -24,16 +18,13 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 from deployments import server as prefect_server
-# The test suite's helpers for throwaway databases and free ports (dev extra, as `make bench` installs).
-from tests.conftest import _free_port, throwaway_postgres_database
+# The test suite's helpers (dev extra, as `make bench` installs).
+from tests.conftest import throwaway_postgres_database
+from tests.support.processes import (
+    BROADCASTS, ROOT, Process, StackError, clean_environ, free_port, wait_for_http,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-BROADCASTS = str(Path(sys.executable).parent / "broadcasts")
 POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-class StackError(RuntimeError):
-    pass
 
 
 def postgres_version() -> str:
@@ -43,43 +34,6 @@ def postgres_version() -> str:
             return str(connection.execute(text("SHOW server_version")).scalar()).split()[0]
     finally:
         admin.dispose()
-
-
-@dataclass
-class Process:
-    name: str
-    popen: subprocess.Popen
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def wait_for_line(self, starts: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.output().splitlines():
-                if starts in line:
-                    return line
-            if self.popen.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise StackError(f"{self.name} did not print {starts!r}:\n{self.output()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGTERM)
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(10)
-            except ProcessLookupError:
-                pass
-        else:  # the leader exited: its children may not have
-            try:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 @dataclass
@@ -95,11 +49,7 @@ class Stack:
     processes: dict[str, Process] = field(default_factory=dict)
 
     def start(self, stack: ExitStack, name: str, argv: list[str], env: dict[str, str]) -> Process:
-        log = self.directory / f"{name}.log"
-        with open(log, "w") as output:
-            popen = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        process = Process(name, popen, log)
+        process = Process.start(name, argv, env, self.directory)
         self.processes[name] = process
         stack.callback(process.stop)
         return process
@@ -122,7 +72,7 @@ class Stack:
         }
 
     def serve(self, stack: ExitStack, *options: str) -> Process:
-        port = _free_port()
+        port = free_port()
         env = {**clean_environ(), **self.app_environment()}
         name = "serve" + "".join(options).replace("--", "-")
         process = self.start(stack, name, [BROADCASTS, "serve", "--webhook-port", str(port), *options], env)
@@ -132,46 +82,28 @@ class Stack:
         return process
 
 
-def clean_environ() -> dict[str, str]:
-    """This environment without any setting the benchmark chooses itself."""
-    own = ("PREFECT_", "DATABASE_URL", "CBC_", "ENABLED_CBCS", "BROADCAST_", "WEBHOOK_SECRET", "AWS_")
-    return {k: v for k, v in os.environ.items() if not k.startswith(own)}
-
-
-def wait_for_http(url: str, process: Process, timeout: float, auth: str | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.popen.poll() is not None:
-            break
-        request = urllib.request.Request(url)
-        if auth:
-            request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
-        try:
-            with urllib.request.urlopen(request, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (OSError, urllib.error.HTTPError):
-            pass
-        time.sleep(0.2)
-    raise StackError(f"{process.name} did not answer {url}:\n{process.output()[-3000:]}")
-
-
 @contextmanager
-def running_stack() -> Iterator[tuple[Stack, ExitStack]]:
-    """Databases, Prefect server, simulator and schema; `Stack.serve` starts the service."""
+def running_stack(embedded: bool = False) -> Iterator[tuple[Stack, ExitStack]]:
+    """Databases, Prefect server, simulator and schema; `Stack.serve` starts the service.
+    `embedded`: `make demo`'s defaults instead, a SQLite file for the app and Prefect's own SQLite
+    database."""
     with ExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="broadcasts-bench-")))
-        app_url = stack.enter_context(throwaway_postgres_database("broadcasts_bench", POSTGRES_URL))
-        prefect_url = stack.enter_context(throwaway_postgres_database("prefect_bench", POSTGRES_URL))
+        if embedded:
+            app_url, prefect_url = f"sqlite:///{directory / 'broadcasts.db'}", ""
+        else:
+            app_url = stack.enter_context(throwaway_postgres_database("broadcasts_bench", POSTGRES_URL))
+            prefect_url = stack.enter_context(throwaway_postgres_database("prefect_bench", POSTGRES_URL))
         s = Stack(directory, app_url, prefect_url, auth_string=f"operator:{secrets.token_urlsafe(24)}",
                   webhook_secret=secrets.token_urlsafe(48))
         (directory / "prefect-home").mkdir()
 
-        port = _free_port()
+        port = free_port()
         server_env = prefect_server.server_environment({
             **clean_environ(),
             "PREFECT_HOME": str(directory / "prefect-home"),
-            "PREFECT_SERVER_DATABASE_CONNECTION_URL": prefect_url.replace("postgresql://", "postgresql+asyncpg://", 1),
+            **({"PREFECT_SERVER_DATABASE_CONNECTION_URL": prefect_url.replace("postgresql://", "postgresql+asyncpg://", 1)}
+               if prefect_url else {}),
             "PREFECT_SERVER_API_AUTH_STRING": s.auth_string,
         })
         server = s.start(stack, "server", prefect_server.command("127.0.0.1", port, ui=False), server_env)

@@ -1,1 +1,3 @@
-"""Entry points: the `broadcasts` command and (later) deployments, serving and the webhook."""
+"""The top floor: the `broadcasts` command, the deployments and how they are served, the warm
+dispatcher, the webhook, and the Prefect server's settings (README, Layout, says which module
+does what)."""

@@ -49,10 +49,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -75,11 +76,9 @@ from sqlalchemy import text
 from broadcasts.cbc_proxy import get_proxy
 from broadcasts.db import get_engine, unit_of_work
 from broadcasts.settings import get_settings
-from deployments import names
+from deployments.definitions import ALERT_DEPLOYMENTS
+from deployments.prefect_api import client_settings
 from tasks.claim import propose_pending
-from deployments.serve import client_settings
-from flows.send_broadcast_event import send_broadcast_event
-from flows.send_provider_message import send_provider_message
 from tasks.provider_limits import ensure_limits
 
 POLL_SECONDS = 1.0
@@ -88,8 +87,7 @@ CLAIM_EVENTS = ["prefect.flow-run.Scheduled", "prefect.flow-run.AwaitingRetry"]
 # A run due within this long is started when due rather than left to the next poll.
 SOON = timedelta(seconds=POLL_SECONDS)
 # Persisting the flow's result is what makes the server refuse Completed -> Pending (see above).
-ALERT_FLOWS = {names.SEND_EVENT_DEPLOYMENT: send_broadcast_event.with_options(persist_result=True),
-               names.SEND_PROVIDER_DEPLOYMENT: send_provider_message.with_options(persist_result=True)}
+ALERT_FLOWS = {name: alert_flow.with_options(persist_result=True) for name, alert_flow in ALERT_DEPLOYMENTS.items()}
 
 logger = get_logger("broadcasts.dispatcher")
 
@@ -328,3 +326,21 @@ def dispatching(max_runs: int | None = None, **options: Any) -> Iterator[Dispatc
         finally:
             dispatcher.stop()
 
+
+def run_until_signalled(max_runs: int | None, echo: Callable[[str], object]) -> None:
+    """`broadcasts dispatcher`: dispatches until SIGTERM or SIGINT, then drains. Draining lasts as
+    long as a run retrying a failing network, so a second signal ends the process at once."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    with dispatching(max_runs) as dispatcher:
+        echo(f"dispatching: {', '.join(ALERT_FLOWS)} (up to {dispatcher.max_runs} runs starting at once, "
+             f"{dispatcher.max_held} in all)")
+        while not stop.wait(1):
+            pass

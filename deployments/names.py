@@ -1,7 +1,8 @@
-"""Every name that crosses a process boundary, in one place: flows, deployments, the work pool,
-its queues, the concurrency limits and the Prefect events. Each is defined beside the code that
-uses it (flows and tasks cannot import this layer) and gathered here; `prefect.yaml` repeats them,
-and tests/deployments/test_prefect_yaml.py checks the two agree."""
+"""Every name that crosses a process boundary, gathered for the top floor: flows, deployments,
+the work pool, its queues, the concurrency limits and the Prefect events. The pool, queue and
+event-created names are defined here; the rest are defined beside the flows and tasks that use
+them (those layers cannot import this one) and only re-exported. `prefect.yaml` repeats them, and
+tests/deployments/test_prefect_yaml.py checks the two agree."""
 
 from __future__ import annotations
 

@@ -1,11 +1,48 @@
-"""How the `broadcasts` command shows an event's providers and their history to an operator:
-one line per fact, failed routes one per line, no escaped JSON."""
+"""What the `broadcasts` command prints: an event's providers and their history, a run's
+per-provider table, link tests and their history; one line per fact, failed routes one per
+line, no escaped JSON (or, with --json, the same as JSON)."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from typing import Any
 
+from broadcasts.link_test_history import RouteHistory
 from broadcasts.status import HistoryEntry, ProviderStatus
+
+
+def status_output(event_id: uuid.UUID, statuses: list[ProviderStatus], as_json: bool) -> str:
+    if as_json:
+        return json.dumps([{**s.as_row(), "history": [
+            {**h.__dict__, "created_at": h.created_at.isoformat()} for h in s.history
+        ]} for s in statuses], indent=2)
+    return "\n".join(status_lines(statuses) if statuses else [f"event {event_id}: nothing sent yet"])
+
+
+def run_output(state: Any, rows: list[dict[str, Any]], as_json: bool) -> str:
+    """A run's state and its per-provider table."""
+    if as_json:
+        return json.dumps({"state": state.name, "message": state.message, "providers": rows}, indent=2)
+    return "\n".join([f"{state.name}: {state.message}", *table_lines(rows)])
+
+
+def link_test_output(state: Any, rows: list[dict[str, Any]], as_json: bool) -> str:
+    if as_json:
+        return json.dumps({"state": state.name, "message": state.message, "routes": rows}, indent=2)
+    return "\n".join([f"{state.name}: {state.message}"] + [
+        f"  {r['provider']:<9} {r['route']:<9} {'ok' if r['ok'] else 'FAILED':<7} "
+        f"{r['latency_ms'] if r['latency_ms'] is not None else '-':>6} ms" + (f"  {r['error']}" if r["error"] else "")
+        for r in rows])
+
+
+def link_test_history_output(found: list[RouteHistory], since: str, as_json: bool) -> str:
+    if as_json:
+        return json.dumps([h.as_row() for h in found], indent=2)
+    return "\n".join([
+        f"  {h.provider:<9} {h.route:<9} {h.passes}/{h.runs} passed ({h.pass_rate:.0%})"
+        + (f"  failing {h.consecutive_failures} in a row: {h.last_error}" if h.consecutive_failures else "")
+        for h in found] or [f"no link tests in the last {since}"])
 
 
 def status_lines(statuses: list[ProviderStatus]) -> list[str]:

@@ -6,27 +6,29 @@ Why it is safe:
   more than 300 s from now is refused, so a captured call cannot be replayed later.
 - A duplicate never re-sends. The flow run is created with the event's idempotency key, and the
   Prefect server answers the existing run for a key it has seen: for a repeated call, 20 racing
-  ones, a retry after a lost answer, or a call after the run has finished.
+  ones, a retry after a lost answer, or a call after the run has finished. A creation that fails
+  (on SQLite, racing writers are answered 503 "database is locked") looks the run up by its key
+  before trying again, so a duplicate that lost the race gets the run a racer created.
 - Nothing is half-written. The webhook writes nothing to the database; its one effect is creating
   the flow run, a single Prefect API call that either happened (a retry then finds the same run)
   or did not. Every check runs before it, so a rejected call has no effect at all.
 
 Checks, in order: size (413) → signature (401) → JSON (400) → shape (422) → event exists (404) →
-create the run (202). Prefect unreachable or the flow not deployed: 503 with Retry-After. How to
-sign a call, with a curl + openssl example: `deployments/trigger.py`.
+create the run (202). Prefect unreachable for over about 2 s, or the flow not deployed: 503 with
+Retry-After. How to sign a call, with a curl + openssl example: `deployments/signing.py`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
-import hmac
 import json
 import logging
+import random
 import re
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio
@@ -35,6 +37,8 @@ import uvicorn
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterId, FlowRunFilter, FlowRunFilterIdempotencyKey
+from prefect.client.schemas.responses import DeploymentResponse
 from prefect.exceptions import ObjectNotFound
 from prefect.context import SettingsContext
 from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES
@@ -49,22 +53,27 @@ from broadcasts.db import get_engine
 from broadcasts.errors import UnknownEvent
 from broadcasts.settings import Settings, get_settings
 from deployments import names
-from deployments.trigger import EVENTS_PATH, sign
+from deployments.signing import BadSignature, SecretNotSet, check_signature, secret_key
+from deployments.trigger import EVENTS_PATH
 
 MAX_BODY_BYTES = 4096
-MAX_CLOCK_SKEW_SECONDS = 300
-MIN_SECRET_BYTES = 32
-PREFECT_BACKOFF_SECONDS = (0.2, 0.5, 1.0)  # between attempts: the caller is waiting
-PREFECT_ATTEMPTS = len(PREFECT_BACKOFF_SECONDS) + 1
-# Per operation, not per call: each attempt opens a client (connect, up to 2 s) and makes three
-# requests (read the deployment, the CSRF token the client fetches before its first POST, create
-# the run), each given up to 5 s to answer. Four attempts and 1.7 s of back-off: about 62 s when
-# every answer comes just inside its timeout (60.6 s measured with answers at 4.8 s), up to 70 s
-# with slow connects; longer than the trigger client's 30 s, which may give up and call again
-# (the idempotency key makes that safe).
+# The waits between attempts, each drawn at random from its range so that callers failing together
+# (20 duplicate posts meeting SQLite's write lock) do not try again together: 1.2 to 2 s in all, so
+# a Prefect API gone for about a second is absorbed and one that stays down is answered 503 within
+# about 2 s.
+PREFECT_RETRY_WAITS = ((0.1, 0.2), (0.2, 0.4), (0.35, 0.6), (0.55, 0.8))
+PREFECT_ATTEMPTS = len(PREFECT_RETRY_WAITS) + 1
+# Each request is given up to 5 s to answer (2 s to connect). A call reads the deployment once,
+# then each attempt creates the run and, when that fails, looks it up: eleven requests and up to
+# 2 s of waits, about 55 s when every answer comes just inside its timeout (54.7 s measured with
+# answers at 4.8 s; 59.6 s for a client's first call, which also asks for a CSRF token). That is
+# longer than the trigger client's 30 s, which may give up and call again (the idempotency key
+# makes that safe).
 PREFECT_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
+# Idle connections are dropped before the Prefect server's 5 s keep-alive timeout closes them, so a
+# request seldom meets a connection the server has just closed (it would be retried, but later).
+PREFECT_LIMITS = httpx.Limits(max_connections=16, max_keepalive_connections=8, keepalive_expiry=2.0)
 RETRY_AFTER_SECONDS = 5
-TIMESTAMP = re.compile(r"[0-9]{1,12}")
 DIGITS = re.compile(r"[0-9]+")
 
 logger = logging.getLogger(__name__)
@@ -93,17 +102,11 @@ class RunCreated(BaseModel):
     deployment: str
 
 
-def secret_key(settings: Settings) -> bytes:
-    key = settings.webhook_secret.get_secret_value().encode() if settings.webhook_secret else b""
-    if not key:
-        raise WebhookNotConfigured("WEBHOOK_SECRET is not set; the webhook refuses to start without it")
-    if len(key) < MIN_SECRET_BYTES:
-        raise WebhookNotConfigured(f"WEBHOOK_SECRET is {len(key)} bytes long; it must be at least {MIN_SECRET_BYTES}")
-    return key
-
-
 def create_app(settings: Settings) -> FastAPI:
-    key = secret_key(settings)
+    try:
+        key = secret_key(settings)
+    except SecretNotSet as error:
+        raise WebhookNotConfigured(f"{error}: the webhook refuses to start without one") from None
     app = FastAPI(title="broadcasts webhook", description="Starts the sending of one broadcast event.")
     app.middleware("http")(access_log_and_last_resort)
 
@@ -121,7 +124,10 @@ def create_app(settings: Settings) -> FastAPI:
         x_signature: Annotated[str | None, Header(description="hex HMAC-SHA256 of '<timestamp>.<body>'")] = None,
     ) -> RunCreated:
         body = await read_body(request)
-        check_signature(key, x_timestamp, x_signature, body)
+        try:
+            check_signature(key, x_timestamp, x_signature, body)
+        except BadSignature as error:
+            raise reject(401, str(error)) from None
         event_id = parse_request(body).broadcast_event_id
         await check_event_exists(settings, event_id)
         run_id = await create_run(event_id)
@@ -160,19 +166,6 @@ async def read_body(request: Request) -> bytes:
         if len(body) > MAX_BODY_BYTES:
             raise reject(413, f"the body is over {MAX_BODY_BYTES} bytes")
     return bytes(body)
-
-
-def check_signature(key: bytes, timestamp: str | None, signature: str | None, body: bytes) -> None:
-    if not timestamp or not signature:
-        raise reject(401, "X-Timestamp and X-Signature are required")
-    if not TIMESTAMP.fullmatch(timestamp):
-        raise reject(401, "X-Timestamp must be unix seconds")
-    if abs(time.time() - int(timestamp)) > MAX_CLOCK_SKEW_SECONDS:
-        raise reject(401, f"X-Timestamp is more than {MAX_CLOCK_SKEW_SECONDS} s from now")
-    # Starlette decodes headers as latin-1, so this round-trips any byte the caller sent.
-    given = signature.strip().lower().encode("latin-1")
-    if not hmac.compare_digest(sign(key, timestamp, body).encode(), given):
-        raise reject(401, "the signature does not match")
 
 
 def parse_request(body: bytes) -> BroadcastEventRequest:
@@ -217,12 +210,27 @@ def database_health(database_url: str) -> str:
 
 
 async def create_run(event_id: uuid.UUID) -> uuid.UUID:
+    key = names.idempotency_key(event_id)
+    deployment: DeploymentResponse | None = None
+
     async def create(client: PrefectClient) -> uuid.UUID:
-        deployment = await client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT)
-        run = await client.create_flow_run_from_deployment(
-            deployment.id, parameters={"broadcast_event_id": str(event_id)},
-            idempotency_key=names.idempotency_key(event_id))
-        return run.id
+        nonlocal deployment
+        if deployment is None:  # read once, however many attempts the creation takes
+            deployment = await client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT)
+        try:
+            run = await client.create_flow_run_from_deployment(
+                deployment.id, parameters={"broadcast_event_id": str(event_id)}, idempotency_key=key)
+            return run.id
+        except (httpx.HTTPStatusError, httpx.TransportError) as error:
+            if isinstance(error, httpx.HTTPStatusError) and not transient_status(error.response.status_code):
+                raise
+            # A racing call may have created the run meanwhile. Even a creation that finds the run
+            # is a write, which on SQLite queues for the lock this one just failed to get; the
+            # look-up is a read, which does not.
+            existing = await run_with_key(client, deployment.flow_id, key)
+            if existing is None:
+                raise
+            return existing
 
     try:
         return await with_prefect(create)
@@ -231,6 +239,14 @@ async def create_run(event_id: uuid.UUID) -> uuid.UUID:
                           "server: the service is not deployed", retry=True) from None
     except PrefectUnavailable as error:
         raise reject(503, f"the Prefect API is unavailable ({error}); try again", retry=True) from None
+
+
+async def run_with_key(client: PrefectClient, flow_id: uuid.UUID, key: str) -> uuid.UUID | None:
+    """The run of the flow with this idempotency key: the one a creation with the key would answer."""
+    runs = await client.read_flow_runs(
+        flow_filter=FlowFilter(id=FlowFilterId(any_=[flow_id])),
+        flow_run_filter=FlowRunFilter(idempotency_key=FlowRunFilterIdempotencyKey(any_=[key])), limit=1)
+    return runs[0].id if runs else None
 
 
 async def prefect_health() -> tuple[str, str]:
@@ -254,34 +270,53 @@ async def raise_transient_status(response: httpx.Response) -> None:
         response.raise_for_status()
 
 
-_without_retries: dict[int, tuple[Any, Any]] = {}  # id(settings) -> (settings, copy without retries)
+@dataclass
+class KeptClient:
+    settings: Any  # the Prefect settings it was made under
+    profile: Any
+    quiet: Any  # those settings without the client's own retries, in force for each use
+    client: PrefectClient
 
 
-@contextmanager
-def without_client_retries() -> Iterator[None]:
-    """`temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0})`, with the copy of the
-    settings made once: making it costs about 30 ms of CPU, on every request."""
+_kept: dict[tuple[asyncio.AbstractEventLoop, int], KeptClient] = {}
+
+
+def kept_client() -> KeptClient:
+    """This event loop's Prefect client for the current Prefect settings, made on first use and kept,
+    so a request costs no new connection, no CSRF probe and no copy of the settings (about 30 ms of
+    CPU). A client's connections belong to the loop that opened them, and its API URL to the settings
+    it was made under (`temporary_settings` may point PREFECT_API_URL elsewhere); clients of a closed loop
+    are dropped. Made without an await, so racing requests cannot make two; never entered as a
+    context, since it lives as long as the server (an httpx client sends without being entered)."""
+    loop = asyncio.get_running_loop()
     context = SettingsContext.get()
     assert context is not None
-    made = _without_retries.get(id(context.settings))
-    if made is None or made[0] is not context.settings:
-        made = (context.settings, context.settings.copy_with_update(updates={PREFECT_CLIENT_MAX_RETRIES: 0}))
-        _without_retries[id(context.settings)] = made
-    with SettingsContext(profile=context.profile, settings=made[1]):
-        yield
+    for gone in [k for k in _kept if k[0].is_closed()]:
+        del _kept[gone]
+    kept = _kept.get((loop, id(context.settings)))
+    if kept is None or kept.settings is not context.settings:
+        quiet = context.settings.copy_with_update(updates={PREFECT_CLIENT_MAX_RETRIES: 0})
+        hooks = {"response": [raise_transient_status]}
+        # Our own transport: the one Prefect makes retries a refused connection 3 times over 1.5 s,
+        # within every request; here `with_prefect` does all the retrying, inside its 2 s.
+        transport = httpx.AsyncHTTPTransport(retries=0, limits=PREFECT_LIMITS)
+        client = get_client(httpx_settings={"timeout": PREFECT_TIMEOUT, "event_hooks": hooks, "transport": transport})
+        kept = KeptClient(context.settings, context.profile, quiet, client)
+        _kept[(loop, id(context.settings))] = kept
+    return kept
 
 
 async def with_prefect(operation: Callable[[PrefectClient], Awaitable[Any]], attempts: int = PREFECT_ATTEMPTS) -> Any:
-    """Run `operation` with a Prefect client, retrying transient failures with short back-off.
-    Retrying a run's creation is safe: the idempotency key makes a second attempt find the first."""
+    """Run `operation` with the kept Prefect client, retrying transient failures after the short,
+    jittered waits of PREFECT_RETRY_WAITS (`attempts` at most PREFECT_ATTEMPTS). Retrying a run's
+    creation is safe: the idempotency key makes a second attempt find the first."""
+    kept = kept_client()
     for attempt in range(attempts):
         try:
             # The client's own retries back off for up to a minute; the caller needs an answer
             # sooner, so this loop is the only retry.
-            hooks = {"response": [raise_transient_status]}
-            with without_client_retries():
-                async with get_client(httpx_settings={"timeout": PREFECT_TIMEOUT, "event_hooks": hooks}) as client:
-                    return await operation(client)
+            with SettingsContext(profile=kept.profile, settings=kept.quiet):
+                return await operation(kept.client)
         except ObjectNotFound:
             raise NotDeployed() from None
         except httpx.HTTPStatusError as error:  # not found is handled above; 401 is a configuration problem
@@ -292,7 +327,7 @@ async def with_prefect(operation: Callable[[PrefectClient], Awaitable[Any]], att
             failure = type(error).__name__
         logger.warning("Prefect API attempt %d of %d failed (%s)", attempt + 1, attempts, failure)
         if attempt + 1 < attempts:
-            await anyio.sleep(PREFECT_BACKOFF_SECONDS[min(attempt, len(PREFECT_BACKOFF_SECONDS) - 1)])
+            await anyio.sleep(random.uniform(*PREFECT_RETRY_WAITS[attempt]))
     raise PrefectUnavailable(failure)
 
 

@@ -115,6 +115,20 @@ for call in json.load(sys.stdin):
     language = call["payload"].get("language", "-")  # a cancel carries none
     print(call["received_at"], call["function"].ljust(17), kind.ljust(7), language.ljust(8), call["outcome"])
 '
+
+step "How far apart the four networks' first calls of each event came"
+curl -fsS "$SIM/invocations" | "$BIN/python" -c '
+import json, sys
+from datetime import datetime
+first = {}
+for call in json.load(sys.stdin):
+    kind = call["payload"].get("message_type")
+    if kind in ("alert", "update", "cancel"):
+        first.setdefault(kind, {}).setdefault(call["function"].split("-")[0], datetime.fromisoformat(call["received_at"]))
+for kind, calls in first.items():
+    spread = (max(calls.values()) - min(calls.values())).total_seconds()
+    print(f"{kind}: {len(calls)} networks, first calls within {spread:.3f} s of each other")
+'
 printf '\nDemo finished: alert, update (Welsh) and cancel, each posted to the signed webhook and acknowledged by every network.\n'
 if [ "$KEEP" = 1 ]; then
     printf '\nEverything is still running. The Prefect UI: http://127.0.0.1:%s (runs, artifacts, Retry,\n' "$PREFECT_PORT"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from sqlalchemy import Engine, create_engine, text
 from broadcasts import settings as settings_module
 from broadcasts.db import driver_url, get_engine
 from broadcasts.migrate import upgrade
+from tests.support.processes import free_port
 
 pytest_plugins = ["tests.simulator_fixture"]
 
@@ -32,11 +32,40 @@ def backend() -> str:
     return os.environ.get("TEST_DATABASE", "sqlite")
 
 
-# Behaviour of the Prefect side alone (slot leases, run states, automations), the same whichever
-# database the app uses: tested once, in the PostgreSQL pass, which runs everything.
-prefect_side = pytest.mark.skipif(
-    os.environ.get("TEST_DATABASE", "sqlite") != "postgresql",
-    reason="Prefect-side behaviour, the same on either app database: runs in the PostgreSQL pass")
+# Fixtures that start a Prefect server. A test on one (directly or through other fixtures), or
+# marked `prefect`, meets the same PostgreSQL-backed Prefect in both passes and mostly tests the
+# Prefect side, so the SQLite pass leaves it to the PostgreSQL pass (which runs everything) unless
+# it is marked `sqlite`: its behaviour differs on the SQLite app database.
+PREFECT_SERVER_FIXTURES = frozenset({"prefect_server", "scheduling_server"})
+_left_to_postgresql = pytest.StashKey[int]()
+
+
+def needs_prefect_server(item: pytest.Item) -> bool:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    return bool(fixtures & PREFECT_SERVER_FIXTURES) or item.get_closest_marker("prefect") is not None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if backend() != "sqlite":
+        return
+    kept, left = [], []
+    for item in items:
+        if needs_prefect_server(item) and item.get_closest_marker("sqlite") is None:
+            left.append(item)
+        else:
+            kept.append(item)
+    config.stash[_left_to_postgresql] = len(left)
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = kept
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
+    left = config.stash.get(_left_to_postgresql, 0)
+    if left:
+        terminalreporter.write_line(
+            f"SQLite pass: {left} Prefect-server tests left to the PostgreSQL pass "
+            "(only those marked `sqlite` run here)")
 
 
 @pytest.fixture(scope="session")
@@ -118,12 +147,6 @@ def throwaway_postgres_database(prefix: str, server_url: str | None = None) -> I
         admin.dispose()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def prefect_server(environment: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prefect server for the session, backed by PostgreSQL (Prefect's SQLite backend
@@ -131,7 +154,7 @@ def prefect_server(environment: dict[str, str], tmp_path_factory: pytest.TempPat
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with throwaway_postgres_database("prefect_test") as url:
-        port = _free_port()
+        port = free_port()
         log = tmp_path_factory.mktemp("prefect") / "server.log"
         env = {
             **os.environ,

@@ -160,3 +160,36 @@ def test_the_simulator_on_a_port_out_of_range_is_one_line(tmp_path, port):
     assert result.returncode == 2
     assert one_error_line(result) == (
         f"error: port {port} is out of range: give 1-65535, or 0 to pick a free port")
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379/0", "redis://127.0.0.1:6379/db", "redis:///0"])
+def test_the_server_with_a_redis_url_it_cannot_use_is_one_line_and_starts_nothing(tmp_path, url):
+    result = broadcasts("server", "--port", "1", "--redis-url", url, database_url=f"sqlite:///{tmp_path / 'x.db'}")
+    assert result.returncode == 2
+    assert one_error_line(result) == (
+        f"error: --redis-url: not a Redis URL of the form redis://host:6379/0: {url!r}")
+
+
+def test_the_services_alone_without_redis_is_one_line(tmp_path):
+    result = broadcasts("server", "--services-only", database_url=f"sqlite:///{tmp_path / 'x.db'}")
+    assert result.returncode == 2
+    assert one_error_line(result) == ("error: --services-only needs --redis-url: services apart from the API "
+                                      "share its events through Redis")
+
+
+@pytest.mark.parametrize("secret, problem", [("", "is not set"), ("too-short", "is 9 bytes long; it must be at least 32 bytes")])
+@pytest.mark.parametrize("command, why", [(["trigger", EVENT], "the webhook would refuse the request"),
+                                          (["serve"], "the webhook needs one (or run with --no-webhook)")])
+def test_a_missing_or_short_webhook_secret_is_one_line_before_anything_is_called(tmp_path, secret, problem, command, why):
+    result = broadcasts(*command, database_url=f"sqlite:///{tmp_path / 'x.db'}", WEBHOOK_SECRET=secret)
+    assert result.returncode == 2
+    assert one_error_line(result) == f"error: WEBHOOK_SECRET {problem}: {why}"
+
+
+def test_every_operator_error_the_command_turns_into_one_line_names_a_real_exception():
+    import importlib
+
+    from deployments.command import RAISED_BY
+
+    for module, name in RAISED_BY:
+        assert issubclass(getattr(importlib.import_module(module), name), Exception), (module, name)

@@ -17,8 +17,9 @@ from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary
 from broadcasts.settings import get_settings
 from deployments.server import command, server_environment
 from deployments.webhook import create_app
-from tests.conftest import PROJECT_ROOT, _free_port, _wait_for_health, backend, throwaway_postgres_database
+from tests.conftest import PROJECT_ROOT, _wait_for_health, backend, throwaway_postgres_database
 from tests.deployments.serving import serving
+from tests.support.processes import free_port
 
 AUTH = "operator:correct-horse-battery-staple"
 pytestmark = pytest.mark.skipif(backend() != "postgresql", reason="the production setup (PostgreSQL for "
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.skipif(backend() != "postgresql", reason="the productio
 def guarded_api(environment, tmp_path_factory) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """A Prefect server (on PostgreSQL) started as `broadcasts server` starts it, with auth on."""
     with throwaway_postgres_database("prefect_auth") as url:
-        port, log = _free_port(), tmp_path_factory.mktemp("auth") / "server.log"
+        port, log = free_port(), tmp_path_factory.mktemp("auth") / "server.log"
         env = server_environment({
             **os.environ, "PREFECT_HOME": str(log.parent), "PREFECT_SERVER_API_AUTH_STRING": AUTH,
             "PREFECT_SERVER_DATABASE_CONNECTION_URL": url.replace("postgresql://", "postgresql+asyncpg://", 1),

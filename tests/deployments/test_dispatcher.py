@@ -22,7 +22,7 @@ from prefect.states import AwaitingRetry, Pending, Scheduled
 
 from deployments import names
 from deployments.dispatcher import dispatching
-from deployments.serve import register_alert_deployments
+from deployments.definitions import register_alert_deployments
 from tests.conftest import PROJECT_ROOT, backend
 from tests.deployments.serving import BROADCASTS, start_run, wait_for_runs
 from tests.factories import make_alert

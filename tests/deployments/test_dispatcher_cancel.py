@@ -17,7 +17,7 @@ from broadcasts.models import utcnow
 from broadcasts.resume import events_to_dispatch
 from deployments import names
 from deployments.dispatcher import dispatching
-from deployments.serve import register_alert_deployments
+from deployments.definitions import register_alert_deployments
 from tests.deployments.serving import start_run, wait_for_runs
 from tests.factories import make_alert, make_event, make_message, make_service
 from tests.flows.helpers import calls_for, eventually, statuses
@@ -38,6 +38,7 @@ def runs_for(event_id: object) -> list[str]:
     return [str(r.id) for r in runs if r.parameters.get("broadcast_event_id") == str(event_id)]
 
 
+@pytest.mark.sqlite
 def test_a_cancel_stops_a_run_retrying_a_dead_network_at_its_next_retry_and_nothing_sends_it_again(
         configure, environment, engine, sim):
     configure(ENABLED_CBCS="ee,o2", BROADCAST_RETRY_DELAY_SCALE="0.1")  # waits 0.1, 0.2 … 1.6, 3.2 s

@@ -12,7 +12,7 @@ from prefect.client.orchestration import get_client
 from prefect.states import Cancelling
 
 from deployments.dispatcher import dispatching
-from deployments.serve import register_alert_deployments
+from deployments.definitions import register_alert_deployments
 from tests.deployments.serving import start_run, wait_for_runs
 from tests.factories import make_event, make_message, make_service
 from tests.flows.helpers import eventually, statuses
@@ -55,6 +55,7 @@ def cancel(run_ids: list[str]) -> None:
             client.set_flow_run_state(run_id, Cancelling())
 
 
+@pytest.mark.sqlite
 def test_runs_retrying_a_dead_network_do_not_keep_a_new_alert_from_starting(dead_ee, engine, sim):
     stuck = [alert_to(engine, "ee", expires_in=timedelta(seconds=40)) for _ in range(2)]
     with dispatching(max_runs=2, start_seconds=1):

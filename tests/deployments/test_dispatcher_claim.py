@@ -15,7 +15,8 @@ from prefect.states import Cancelled, Cancelling, Pending
 from deployments import names
 from tasks.claim import propose_pending
 from deployments.dispatcher import ALERT_FLOWS, Dispatcher, _finish_if_cancelled
-from deployments.serve import client_settings, register_alert_deployments
+from deployments.definitions import register_alert_deployments
+from deployments.prefect_api import client_settings
 from tests.deployments.serving import start_run
 from tests.factories import make_alert
 

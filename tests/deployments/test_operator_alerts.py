@@ -20,7 +20,6 @@ from prefect.states import Late, Pending, Running, Scheduled, State
 from broadcasts.models import utcnow
 from deployments.automations import PREFIX
 from deployments.bootstrap import bootstrap
-from tests.conftest import prefect_side
 from tests.factories import make_event, make_message, make_service
 from flows.send_broadcast_event import send_broadcast_event
 from tests.flows.helpers import run_event
@@ -115,7 +114,6 @@ def test_a_blocked_event_and_its_failed_run_page_the_operator_with_what_to_do(co
     assert "Failed" in failed["subject"] and f"broadcasts status {update}" in failed["body"]
 
 
-@prefect_side
 def test_a_send_run_claimed_but_never_started_and_one_marked_late_page_the_operator(receiver, send_run):
     bootstrap(PROVIDERS, "custom-webhook/on-call")
     started = send_run(Pending(), Running())

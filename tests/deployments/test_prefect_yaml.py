@@ -8,7 +8,7 @@ from prefect.flows import load_flow_from_entrypoint
 
 from broadcasts.settings import Settings, get_settings
 from deployments import names
-from deployments.serve import deployments
+from deployments.definitions import deployments
 from tests.conftest import PROJECT_ROOT
 
 

@@ -13,10 +13,11 @@ import pytest
 
 from broadcasts.models import utcnow
 from deployments.trigger import post_event
-from tests.conftest import _free_port, backend
+from tests.conftest import backend
 from tests.deployments.serving import serving, start_run, wait_for_runs
 from tests.factories import make_alert
 from tests.flows.helpers import statuses
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -42,7 +43,7 @@ def test_serve_says_what_it_uses_serves_the_deployments_and_stops_on_sigterm(env
 def test_an_event_posted_to_the_webhook_of_serve_reaches_all_four_providers(environment, engine, sim, monkeypatch):
     secret = "s" * 32
     monkeypatch.setenv("WEBHOOK_SECRET", secret)
-    port = _free_port()
+    port = free_port()
     with serving("--webhook-port", str(port), webhook=True) as served:
         assert f"webhook: http://127.0.0.1:{port}/broadcast-events" in served.text()
         _, _, event_id = make_alert(engine)

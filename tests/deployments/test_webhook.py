@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import http.server
 import json
 import logging
-import socket
 import subprocess
 import threading
 import time
@@ -21,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowFilter,
@@ -37,20 +34,17 @@ from sqlalchemy import Engine, func, select
 from broadcasts.models import Base
 from broadcasts.settings import get_settings
 from deployments import names, webhook
-from deployments.trigger import post_event, sign
+from deployments.signing import sign
+from deployments.trigger import post_event
 from deployments.webhook import WebhookNotConfigured, create_app
 from tests.factories import make_alert
+from tests.support.asgi import serving_app
+from tests.support.processes import free_port
 
 pytestmark = [pytest.mark.prefect, pytest.mark.postgres]
 
 SECRET = "webhook-test-secret-0123456789abcdef"  # 36 bytes
 PATH = "/broadcast-events"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +171,7 @@ def test_the_same_event_again_answers_the_same_run_and_creates_none(call, event_
     assert len(runs_for(event_id)) == 1
 
 
+@pytest.mark.sqlite
 def test_twenty_concurrent_calls_for_one_event_create_one_run(call, event_id):
     body = body_for(event_id)
     responses = call.many(20, "POST", PATH, content=body, headers=signed(body))
@@ -323,7 +318,7 @@ def test_wrong_method_answers_405_and_wrong_path_404(call, engine, event_id):
 
 
 def test_prefect_unreachable_answers_503_with_retry_after(call, event_id):
-    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{_free_port()}/api"}):
+    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
         response = post(call, body_for(event_id))
         health = call("GET", "/healthz")
     rejected(response, 503, event_id)
@@ -380,7 +375,7 @@ def test_an_undeployed_flow_answers_503_naming_the_deployment(call, event_id, de
 
 
 def test_the_app_database_unreachable_answers_503_and_creates_nothing(configure, deployment, event_id):
-    configure(WEBHOOK_SECRET=SECRET, DATABASE_URL=f"postgresql://nobody@127.0.0.1:{_free_port()}/nothing")
+    configure(WEBHOOK_SECRET=SECRET, DATABASE_URL=f"postgresql://nobody@127.0.0.1:{free_port()}/nothing")
     call = Caller(create_app(get_settings()))
     rejected(post(call, body_for(event_id)), 503, event_id)
 
@@ -407,7 +402,7 @@ def test_healthz_answers_200_when_database_prefect_and_deployment_are_ok(call):
 
 
 def test_healthz_with_a_bad_database_url_answers_503_naming_the_database(configure, deployment):
-    configure(WEBHOOK_SECRET=SECRET, DATABASE_URL=f"postgresql://nobody@127.0.0.1:{_free_port()}/nothing")
+    configure(WEBHOOK_SECRET=SECRET, DATABASE_URL=f"postgresql://nobody@127.0.0.1:{free_port()}/nothing")
     response = Caller(create_app(get_settings()))("GET", "/healthz")
     assert response.status_code == 503
     assert response.json()["database"] != "ok"
@@ -444,7 +439,7 @@ def test_it_refuses_to_start_without_a_secret_of_at_least_32_bytes(configure, mo
     else:
         configure(WEBHOOK_SECRET=secret)
     with pytest.raises(WebhookNotConfigured, match="WEBHOOK_SECRET"):
-        webhook.run("127.0.0.1", _free_port())
+        webhook.run("127.0.0.1", free_port())
     with pytest.raises(WebhookNotConfigured, match="WEBHOOK_SECRET"):
         create_app(get_settings())
 
@@ -455,7 +450,7 @@ def test_it_refuses_to_start_without_a_prefect_api_url(configure):
     configure(WEBHOOK_SECRET=SECRET)
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         with pytest.raises(WebhookNotConfigured, match="PREFECT_API_URL"):
-            webhook.run("127.0.0.1", _free_port())
+            webhook.run("127.0.0.1", free_port())
 
 
 def test_a_32_byte_secret_is_enough(configure):
@@ -473,22 +468,11 @@ def test_sign_matches_the_openssl_example(event_id):
 
 
 def test_post_event_against_a_real_server(app, engine):
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=contextvars.copy_context().run, args=(server.run,), daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with serving_app(app) as url:
         event_id = make_alert(engine)[2]
-        url = f"http://127.0.0.1:{port}"
         status, answer = post_event(url, event_id, SECRET)
         assert status == 202, answer
         assert post_event(url, event_id, SECRET) == (202, answer)
         assert post_event(url, uuid.uuid4(), SECRET)[0] == 404
         assert post_event(url, event_id, "wrong-secret-wrong-secret-wrong-secret")[0] == 401
         assert [str(run.id) for run in runs_for(event_id)] == [answer["flow_run_id"]]
-    finally:
-        server.should_exit = True
-        thread.join(10)

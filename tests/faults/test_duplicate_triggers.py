@@ -4,7 +4,6 @@ provider message, with exactly one proxy call, per network."""
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from collections import Counter
@@ -17,25 +16,19 @@ from prefect.client.schemas.responses import SetStateStatus
 from prefect.states import AwaitingRetry
 
 from deployments.trigger import post_event
-from tests.conftest import backend
 from tests.deployments.serving import serving, wait_for_runs
 from tests.factories import make_alert
 from tests.flows.helpers import provider_message_count, statuses
+from tests.support.processes import free_port
 
 pytestmark = [
     pytest.mark.faults, pytest.mark.prefect, pytest.mark.simulator,
-    pytest.mark.skipif(backend() != "postgresql", reason="starts `broadcasts serve`: runs in the PostgreSQL pass"),
+    pytest.mark.sqlite,  # concurrent webhook reads, then two runs' sends of one event, on the SQLite locks
 ]
 
 PROVIDERS = ["ee", "three", "o2", "vodafone"]
 SECRET = "duplicate-triggers-secret-0123456789"
 HOLD_SECONDS = 4.0  # how long ee's proxy takes to answer: the run is Running meanwhile
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(condition, timeout: float, what: str):  # type: ignore[no-untyped-def]
@@ -53,7 +46,7 @@ def test_twenty_concurrent_posts_and_a_retry_while_running_send_once_per_network
     monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
     configure(CBC_PROXY_READ_TIMEOUT="10")  # ee's slow answer is slow, not a timeout
     sim.fault("ee-1-proxy", delay_seconds=HOLD_SECONDS, times=1)
-    port = _free_port()
+    port = free_port()
     with serving("--webhook-port", str(port), webhook=True) as served:
         _, _, event_id = make_alert(engine)
         with ThreadPoolExecutor(20) as pool:

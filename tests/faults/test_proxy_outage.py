@@ -52,6 +52,7 @@ def test_the_primary_down_for_every_call_fails_over_in_the_first_attempt_for_eve
     assert len(sim.invocations()) == 8
 
 
+@pytest.mark.sqlite
 @pytest.mark.parametrize("failures", [{"ee": 3, "three": 1, "o2": 2, "vodafone": 0}])
 def test_both_routes_down_for_k_attempts_retries_on_the_scaled_schedule_then_acks_with_one_identifier(
         configure, engine, sim, failures):

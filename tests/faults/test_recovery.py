@@ -38,12 +38,14 @@ from broadcasts.models import BroadcastProviderMessage
 from deployments import names, server
 from deployments.automations import MISSED_HEARTBEATS
 from deployments.bootstrap import bootstrap
-from deployments.serve import CLIENT_SETTINGS, client_settings
+from deployments.prefect_api import CLIENT_SETTINGS, client_settings
 from flows.resume_dispatch import resume_key
-from tests.conftest import _free_port, _wait_for_health, backend, throwaway_postgres_database
+from tasks.provider_limits import RELEASE_RETRY_SECONDS
+from tests.conftest import _wait_for_health, backend, throwaway_postgres_database
 from tests.deployments.serving import serving, start_run
 from tests.factories import make_alert
 from tests.flows.helpers import eventually, prefect_events, statuses
+from tests.support.processes import free_port
 
 pytestmark = [
     pytest.mark.faults, pytest.mark.prefect, pytest.mark.simulator,
@@ -67,7 +69,7 @@ class PrefectServer:
     """`broadcasts server`'s Prefect server on its own PostgreSQL database, restartable on its port."""
 
     def __init__(self, url: str, home: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}/api"
         self.log = home / "server.log"
         self.env = server.server_environment({
@@ -226,8 +228,9 @@ def test_serve_killed_at_every_point_of_a_send_finishes_every_network_with_its_f
 
 def test_database_connections_killed_and_prefect_restarted_mid_dispatch_lose_nothing(db, sim, scheduling_server):
     """Four events under way (every primary slow) when every connection to the app database is
-    terminated and then the Prefect server restarts: each (event, network) still ends acknowledged
-    with one identifier, and no provider slot is left taken."""
+    terminated and then the Prefect server restarts, away for longer than a release first asks:
+    each (event, network) still ends acknowledged with one identifier, and no provider slot is
+    left taken (each lease is released once the API is back, not left to expire)."""
     started = time.monotonic()
     events = [make_alert(db)[2] for _ in range(4)]
     for provider in PROVIDERS:
@@ -240,13 +243,16 @@ def test_database_connections_killed_and_prefect_restarted_mid_dispatch_lose_not
         killed = terminate_connections(db)
         calls_at_fault = len(sim.invocations())
         scheduling_server.stop()
-        time.sleep(2)  # runs find the API gone
+        # Down for longer than a release asks at first: the sends that end meanwhile cannot give
+        # their slots back until it returns.
+        time.sleep(RELEASE_RETRY_SECONDS + 2)
         scheduling_server.start()
         wait_until(lambda: all(all_acknowledged(db, e) for e in events), 300, "every event to be acknowledged",
                    lambda: served.text()[-3000:] + runs_summary(datetime.fromtimestamp(0, timezone.utc)))
         acknowledged = time.monotonic()
         eventually(lambda: not any(slots_held().values()), 10, every=0.2)  # each send gives its slot back in the background
         held, freed_after = slots_held(), time.monotonic() - acknowledged
+        slot_lines = "\n".join(line for line in served.text().splitlines() if "cbc-" in line)
 
     calls = sim.invocations()
     for event_id in events:
@@ -263,7 +269,7 @@ def test_database_connections_killed_and_prefect_restarted_mid_dispatch_lose_not
     with get_client(sync_client=True) as client:
         runs = Counter(r.state_name for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(
             deployment_id=FlowRunFilterDeploymentId(any_=[client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT).id]))))
-    assert held == dict.fromkeys(PROVIDERS, 0), f"slots still taken: {held}"
+    assert held == dict.fromkeys(PROVIDERS, 0), f"slots still taken: {held}\n{slot_lines}"
     print(f"\nslots free {freed_after:.1f} s after the last ACK")
     print(f"{killed} app database connection(s) terminated and the Prefect server restarted with "
           f"{calls_at_fault} of {len(events) * len(PROVIDERS)} sends under way; {len(calls)} proxy calls "

@@ -34,7 +34,7 @@ from prefect.client.schemas.filters import (
 
 from broadcasts.settings import get_settings
 from deployments import names
-from deployments.trigger import sign
+from deployments.signing import sign
 from deployments.webhook import create_app
 from tests.factories import make_alert
 

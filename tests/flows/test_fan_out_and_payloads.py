@@ -60,6 +60,7 @@ def _expected_alert(engine, event_id, provider, channel="severe", body="Flood wa
     return payload
 
 
+@pytest.mark.sqlite
 def test_alert_update_and_cancel_reach_every_provider_with_the_spec_payloads(configure, engine, sim):
     configure(ENABLED_CBCS=",".join(ALL))
     service_id = make_service(engine, channel="severe")

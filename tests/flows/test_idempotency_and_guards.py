@@ -38,6 +38,7 @@ def test_running_the_event_flow_twice_sends_once_per_provider(configure, engine,
     assert _functions(sim) == ["ee-1-proxy", "vodafone-1-proxy"]
 
 
+@pytest.mark.sqlite
 def test_the_one_provider_flow_alongside_the_event_flow_sends_once(configure, engine, sim):
     configure(ENABLED_CBCS="ee,vodafone")
     sim.fault("ee-1-proxy", delay_seconds=0.5)  # keep the first call in flight while both run
@@ -90,6 +91,7 @@ dispatch.send_to_provider(get_engine(settings.database_url), get_proxy(settings)
 """
 
 
+@pytest.mark.sqlite
 def test_a_run_killed_after_calling_the_proxy_is_replayed_with_the_same_identifier(configure, engine, sim):
     configure(ENABLED_CBCS="ee")
     _, _, event_id = make_alert(engine)

@@ -48,6 +48,7 @@ def test_the_flow_is_called_link_tests():
     assert FLOW_NAME == "link-tests"
 
 
+@pytest.mark.sqlite
 def test_every_route_of_every_enabled_provider_is_tested_once_and_recorded(configure, engine, sim):
     configure(ENABLED_CBCS="ee,three,o2,vodafone")
     state, rows = run_link_tests(None)
@@ -84,6 +85,7 @@ def test_every_route_of_every_enabled_provider_is_tested_once_and_recorded(confi
     assert json.loads(artifact.data) == rows
 
 
+@pytest.mark.sqlite
 def test_vodafone_numbers_increase_from_run_to_run(configure, engine, sim):
     configure(ENABLED_CBCS="vodafone")
     first, _ = run_link_tests(None)
@@ -157,6 +159,7 @@ def test_link_tests_of_one_provider_never_overlap_but_providers_run_in_parallel(
     assert len(overlapping) > 1, "the providers were tested one after another, not in parallel"
 
 
+@pytest.mark.sqlite
 def test_an_alert_waits_for_at_most_one_link_test_call_holding_the_slot(configure, engine, sim):
     configure(ENABLED_CBCS="ee,three,o2,vodafone")
     sim.fault("ee-1-proxy", delay_seconds=1.5, times=1)

@@ -32,7 +32,7 @@ from broadcasts.models import RETURNED_ACK, BroadcastEvent, utcnow
 from broadcasts.providers import get_provider
 from deployments import names
 from flows.resume_dispatch import NOT_STARTED_WITHIN, resume_dispatch, take_over
-from tests.conftest import backend, prefect_side, throwaway_postgres_database
+from tests.conftest import backend, throwaway_postgres_database
 from tests.deployments.serving import serving, start_run, wait_for_runs
 from tests.factories import make_alert, make_event, make_message, make_service
 from tests.flows.helpers import in_thread, statuses
@@ -75,7 +75,7 @@ def db(configure, tmp_path: Path) -> Iterator[Engine]:  # type: ignore[no-untype
 @pytest.fixture(scope="module")
 def deployed(prefect_server: str) -> None:
     """The deployments resume creates runs of, registered as `broadcasts serve` registers them."""
-    from deployments.serve import deployments
+    from deployments.definitions import deployments
 
     for deployment in deployments():
         deployment.apply()
@@ -158,6 +158,7 @@ def resume_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
             if r.levelno == logging.INFO and "resuming event" in r.getMessage()]
 
 
+@pytest.mark.sqlite
 def test_an_event_never_announced_is_dispatched_by_one_run_after_the_grace_period(db, configure, deployed, sim, caplog):
     configure(RESUME_GRACE_SECONDS="1")
     _, _, event_id = make_alert(db)
@@ -230,6 +231,7 @@ def test_two_resumers_at_once_create_one_run(db, deployed, caplog):
                          for line in lines), lines
 
 
+@pytest.mark.sqlite
 def test_a_crashed_run_is_resumed_with_the_same_identifiers(db, deployed, sim, caplog):
     event_id = written_ago(db)
     crashed = start_run(event_id)
@@ -282,7 +284,6 @@ def test_one_line_per_event_says_why_and_which_run(db, deployed, caplog):
     ]
 
 
-@prefect_side
 def test_a_run_left_pending_is_crashed_after_30_s_and_its_event_sent_by_a_new_run(db, deployed, sim, caplog):
     event_id = written_ago(db)
     stuck = start_run(event_id)
@@ -314,7 +315,6 @@ def test_a_run_left_pending_is_crashed_after_30_s_and_its_event_sent_by_a_new_ru
     assert len(sim.invocations()) == len(PROVIDERS)
 
 
-@prefect_side
 @pytest.mark.parametrize("make_state", [Scheduled, AwaitingRetry, Late], ids=["Scheduled", "AwaitingRetry", "Late"])
 def test_a_run_left_scheduled_past_its_start_is_crashed_and_replaced(db, deployed, caplog, make_state):
     event_id = written_ago(db)

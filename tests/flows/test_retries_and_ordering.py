@@ -78,6 +78,7 @@ def test_both_routes_failing_until_expiry_ends_in_technical_failure_with_no_call
     assert late == [], f"calls after the event expired at {expiry.isoformat()}"
 
 
+@pytest.mark.sqlite
 def test_an_update_waits_for_the_alert_ack_on_that_provider_only(configure, engine, sim):
     # The alert fails on ee for about 5 s (8 attempts at a 0.02 scale) while the update is sent.
     configure(ENABLED_CBCS="ee,o2", BROADCAST_RETRY_DELAY_SCALE="0.02")
@@ -131,6 +132,7 @@ def test_an_earlier_technical_failure_blocks_later_events_and_announces_it(confi
     assert announced[0]["payload"]["message"] == status.last_error
 
 
+@pytest.mark.sqlite
 def test_events_sent_in_the_same_second_reach_the_network_in_the_order_they_were_written(configure, engine, sim):
     configure(ENABLED_CBCS="ee")
     service_id = make_service(engine)
