@@ -55,7 +55,7 @@ def main() -> int:
         from benchmarks.measure import Bench
         from broadcasts.db import unit_of_work
         from broadcasts.status import event_status
-        from deployments import names
+        from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT, idempotency_key
         from deployments.definitions import register_alert_deployments
 
         register_alert_deployments()
@@ -77,14 +77,14 @@ def main() -> int:
         events: list[object] = []
         rows = []
         with get_client(sync_client=True) as client:
-            deployment = client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT)
+            deployment = client.read_deployment_by_name(SEND_EVENT_DEPLOYMENT)
             for step in STEPS:
                 while len(events) < step:
                     event_id, _ = bench.new_event()
                     events.append(event_id)
                     client.create_flow_run_from_deployment(
                         deployment.id, parameters={"broadcast_event_id": str(event_id)},
-                        idempotency_key=names.idempotency_key(event_id))
+                        idempotency_key=idempotency_key(event_id))
                 deadline = time.monotonic() + 600
                 while not all(waiting(e) for e in events) and time.monotonic() < deadline:
                     time.sleep(1)

@@ -268,7 +268,7 @@ class Bench:
     # -- cost ------------------------------------------------------------------------------------
 
     def statements_per_send(self, history: int) -> tuple[float, float]:
-        """Mean SQL statements of one `send_to_provider` (over the four providers) on a fresh event,
+        """Mean SQL statements of one `dispatch.send_once` (over the four providers) on a fresh event,
         with an empty history and after `history` earlier events of other broadcasts."""
         from sqlalchemy import event as sa_event
 
@@ -292,13 +292,13 @@ class Bench:
         return empty, full
 
     def _send_all(self, counting: dict[str, Any] | None = None) -> float:
-        from broadcasts.dispatch import send_to_provider
+        from broadcasts.dispatch import send_once
 
         event_id, _ = self.new_event()
         if counting is not None:
             counting["n"] = 0
         for provider in PROVIDERS:
-            send_to_provider(self.engine, self.proxy, event_id, provider, enabled=PROVIDERS,
+            send_once(self.engine, self.proxy, event_id, provider, enabled=PROVIDERS,
                              headline=self.settings.broadcast_headline)
         return round(counting["n"] / len(PROVIDERS), 2) if counting is not None else 0.0
 

@@ -12,9 +12,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+# Losing the database connection or waiting out a lock is transient; a bug (IntegrityError) is not.
+TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError, PoolTimeout)
 
 
 @functools.cache

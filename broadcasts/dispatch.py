@@ -1,6 +1,6 @@
 """One provider send, start to finish: the checks, the provider message, the proxy call, the record.
 
-`send_to_provider` is what the orchestrator runs for each (event, provider) on every attempt.
+`send_once` is what the orchestrator runs for each (event, provider) on every attempt.
 It is safe to run any number of times, concurrently, after a crash or after success:
 
 - the provider message (the identifier the network sees) is created once and reused, and the
@@ -12,7 +12,10 @@ It is safe to run any number of times, concurrently, after a crash or after succ
   in the record, which still tells the truth about the identifier);
 - every attempt ends with a record: the call's outcome, a wait (once per earlier event waited
   for), a refusal (against the event and provider, allocating no identifier) or an unexpected
-  error (`technical-failure`, not retried).
+  error (`technical-failure`, not retried): those records are in `dispatch_records`.
+
+The event's plan (which networks, when retrying stops) is `event_plan`, read once before the
+fan-out.
 """
 
 from __future__ import annotations
@@ -26,13 +29,12 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from broadcasts import dao, guards, send_lock
+from broadcasts import dispatch_records as records
 from broadcasts.cbc_proxy import CBCProxy, Delivered
-from broadcasts.db import unit_of_work
+from broadcasts.db import TRANSIENT_DATABASE_ERRORS, unit_of_work
 from broadcasts.errors import (
     AllRoutesFailed,
     CancelAlreadySent,
@@ -46,11 +48,9 @@ from broadcasts.errors import (
     PayloadError,
     ProviderNotAvailable,
     RetryableError,
-    RunCancelled,
     SendInProgress,
     SendLockLost,
     SendRefused,
-    UnexpectedError,
 )
 from broadcasts.models import (
     RETURNED_ACK,
@@ -82,15 +82,6 @@ class SendResult:
 
 
 @dataclass(frozen=True)
-class EventPlan:
-    """What the fan-out needs: the providers (service list ∩ enabled, in enabled order) and when
-    retrying must stop (None: the event has no finish time, which its first attempt refuses)."""
-
-    providers: list[str]
-    finishes_at: datetime | None
-
-
-@dataclass(frozen=True)
 class Mode:
     """How a run sends. `replay_failed`: an operator's explicit replay, the only run that sends a
     `technical-failure` message again. `long_wait_seconds`: a wait for one earlier event longer
@@ -112,12 +103,6 @@ def _ack(message: BroadcastProviderMessage, route: str | None, sent_now: bool) -
     return SendResult(message.provider, RETURNED_ACK, message.id, message.message_number, route, sent_now)
 
 
-def _attempted(session: Session, message: BroadcastProviderMessage | None) -> bool:
-    return message is not None and message.status in (SENDING, RETURNED_ERROR) and (
-        dao.attempts_so_far(session, message.id) > 0
-    )
-
-
 def _prepare(
     session: Session, event: BroadcastEvent, provider: Provider, headline: str, now: datetime, mode: Mode
 ) -> _Ready | SendResult:
@@ -128,7 +113,7 @@ def _prepare(
     if guards.is_acknowledged(message):
         assert message is not None
         return _ack(message, None, sent_now=False)
-    guards.ensure_not_expired(event, now, attempted=_attempted(session, message))
+    guards.ensure_not_expired(event, now, attempted=records.attempted(session, message))
     earlier = dao.earlier_events(session, event)
     guards.ensure_not_cancelled(event, earlier)
     _ensure_cancel_not_sent(session, event, provider.name)
@@ -143,7 +128,7 @@ def _prepare(
     except EarlierEventPending as waiting:
         # Create it now so the identifier (and Vodafone number) is fixed while it waits.
         message = dao.get_or_create_provider_message(session, event.id, provider.name, provider.numbered)
-        _record_wait(session, message, waiting, now, mode.long_wait_seconds)
+        records.record_wait(session, message, waiting, now, mode.long_wait_seconds)
         raise
     message = dao.get_or_create_provider_message(session, event.id, provider.name, provider.numbered)
     if message.payload is not None:
@@ -190,31 +175,7 @@ def _ensure_not_failed(
         raise EndedTechnicalFailure(event_id, provider, errors[-1] if errors else None)
 
 
-def _record_wait(
-    session: Session, message: BroadcastProviderMessage, waiting: EarlierEventPending, now: datetime,
-    long_wait_seconds: float,
-) -> None:
-    """One history row per earlier event waited for, not one per retry. Once the wait for it has
-    lasted longer than `long_wait_seconds` (since its first row), one more row says it paged
-    (`paged`), and `waiting.page_due` tells the orchestrator to page: once per earlier event."""
-    waiting_for = str(waiting.earlier_event_id)
-    history = dao.history(session, message.id)
-    if not history or (history[-1].detail or {}).get("waiting_for") != waiting_for:
-        row = dao.append_status(session, message, SENDING, detail={"waiting_for": waiting_for, "reason": waiting.reason})
-        history += [row] if row is not None else []
-    rows = [r for r in history if (r.detail or {}).get("waiting_for") == waiting_for]
-    waited = (now - rows[0].created_at).total_seconds()
-    if waited > long_wait_seconds and not any(r.detail.get("paged") for r in rows):
-        waiting.page_due, waiting.waited_seconds = True, waited
-        dao.append_status(session, message, SENDING, detail={
-            "waiting_for": waiting_for, "reason": waiting.reason, "paged": True, "waited_seconds": round(waited)})
-
-
-# Losing the database connection or waiting out a lock is transient; a bug (IntegrityError) is not.
-TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError, PoolTimeout)
-
-
-def send_to_provider(
+def send_once(
     engine: Engine,
     proxy: CBCProxy,
     event_id: uuid.UUID,
@@ -243,7 +204,7 @@ def send_to_provider(
         except DispatchError:
             raise
         except Exception as error:
-            raise _record_unexpected(engine, event_id, provider, error) from error
+            raise records.record_unexpected(engine, event_id, provider, error) from error
     except RetryableError as error:
         error.event_id, error.provider = event_id, provider_name
         raise
@@ -268,10 +229,10 @@ def _send(
             _ensure_may_send(session, event, provider.name, enabled)  # rule 1
             ready = _prepare(session, event, provider, headline, now(), mode)
         except SendRefused as error:
-            _record_refusal(session, event_id, provider, error)
+            records.record_refusal(session, event_id, provider, error)
             stop = error
         except (InvalidBroadcast, EventExpired, EarlierEventFailed, PayloadError) as error:
-            _record_failure(session, event_id, provider, error)
+            records.record_failure(session, event_id, provider, error)
             stop = error
         except (RetryableError, EndedTechnicalFailure) as error:  # the latter records nothing
             stop = error
@@ -293,74 +254,6 @@ def _ensure_may_send(session: Session, event: BroadcastEvent, provider: str, ena
     available = dao.available_providers(session, event.service_id, enabled)
     if provider not in available:
         raise ProviderNotAvailable(event.id, provider, available)
-
-
-def _record_refusal(session: Session, event_id: uuid.UUID, provider: Provider, error: SendRefused) -> None:
-    """A refusal allocates no identifier: it is recorded against the event and provider. A send
-    already under way (a provider message exists) also ends with the reason."""
-    dao.record_refusal(session, event_id, provider.name, str(error))
-    message = dao.get_provider_message(session, event_id, provider.name)
-    if message is not None and message.status in (SENDING, RETURNED_ERROR):
-        dao.append_status(session, message, TECHNICAL_FAILURE, detail={"error": str(error)})
-
-
-def record_expired_while_retrying(engine: Engine, event_id: object, provider: str) -> None:
-    """Ends an unfinished provider message whose retries stopped at expiry."""
-
-    def expired(session: Session, message: BroadcastProviderMessage) -> DispatchError:
-        event = dao.get_event(session, message.broadcast_event_id)
-        assert event.finishes_at is not None
-        return EventExpired(event.id, event.finishes_at, while_retrying=_attempted(session, message))
-
-    _end_unfinished(engine, event_id, provider, expired)
-
-
-def record_run_cancelled(engine: Engine, event_id: uuid.UUID, provider: str, run_id: object) -> RunCancelled:
-    """Ends an unfinished provider message whose run an operator cancelled, so that automatic
-    resume leaves it, as every technical-failure, and only a replay sends it. Returns the error
-    to raise."""
-    error = RunCancelled(event_id, provider, run_id)
-    _end_unfinished(engine, event_id, provider, lambda session, message: error)
-    return error
-
-
-def _end_unfinished(engine: Engine, event_id: object, provider: str,
-                    reason: Callable[[Session, BroadcastProviderMessage], DispatchError]) -> None:
-    """Ends the provider message `technical-failure` with `reason` if it is still `sending` or
-    `returned-error`. Only a run that can take the message's lock records it: while another run's
-    call is in flight, that run records the outcome of its own call."""
-    with unit_of_work(engine) as session:
-        message = dao.get_provider_message(session, event_id, provider)  # type: ignore[arg-type]
-        if message is None or message.status not in (SENDING, RETURNED_ERROR):
-            return
-        message_id = message.id
-    with send_lock.exclusive(engine, message_id) as held:
-        if not held:
-            return
-        with unit_of_work(engine) as session:
-            message = session.get_one(BroadcastProviderMessage, message_id)
-            if message.status not in (SENDING, RETURNED_ERROR):
-                return
-            dao.append_status(session, message, TECHNICAL_FAILURE, detail={"error": str(reason(session, message))})
-
-
-def _record_failure(session: Session, event_id: uuid.UUID, provider: Provider, error: Exception) -> None:
-    message = dao.get_or_create_provider_message(session, event_id, provider.name, provider.numbered)
-    dao.append_status(session, message, TECHNICAL_FAILURE, detail={"error": str(error)})
-
-
-def _record_unexpected(engine: Engine, event_id: uuid.UUID, provider: Provider, error: Exception) -> UnexpectedError:
-    """An error nobody expected must not leave the message `sending` with no history (every later
-    event for this network would wait behind it until it expired): end it `technical-failure`
-    with the error's type and message."""
-    unexpected = UnexpectedError(event_id, provider.name, error)
-    try:
-        with unit_of_work(engine) as session:
-            dao.get_event(session, event_id)
-            _record_failure(session, event_id, provider, unexpected)
-    except Exception:
-        logger.exception("could not record %s", unexpected)
-    return unexpected
 
 
 def _attempt(
@@ -434,17 +327,3 @@ def _has_expired(ready: _Ready, now: datetime) -> bool:
     return ready.expires_at is not None and ready.expires_at < now
 
 
-def plan_event(session: Session, event_id: uuid.UUID, enabled: Sequence[str]) -> EventPlan:
-    """The providers an event goes to (its service's list ∩ the enabled list, in enabled order)
-    and its finish time."""
-    event = dao.get_event(session, event_id)
-    return EventPlan(dao.available_providers(session, event.service_id, enabled), event.finishes_at)
-
-
-def read_plan(engine: Engine, event_id: uuid.UUID, enabled: Sequence[str]) -> EventPlan:
-    """`plan_event` in its own transaction; a lost connection is a retryable DatabaseUnavailable."""
-    try:
-        with unit_of_work(engine) as session:
-            return plan_event(session, event_id, enabled)
-    except TRANSIENT_DATABASE_ERRORS as error:
-        raise DatabaseUnavailable(f"{type(error).__name__} reading event {event_id}") from error

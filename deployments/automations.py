@@ -26,12 +26,16 @@ from prefect.client.schemas.objects import StateType
 from prefect.events.actions import ChangeFlowRunState, SendNotification
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
-from deployments import names
-from flows.resume_dispatch import NOT_STARTED_WITHIN
+from flows.link_tests import FLOW_NAME as LINK_TESTS_FLOW, ROUTE_FAILING_EVENT
+from flows.resume_dispatch import FLOW_NAME as RESUME_FLOW, NOT_STARTED_WITHIN
+from flows.send_broadcast_event import FLOW_NAME as SEND_EVENT_FLOW
+from flows.send_provider_message import FLOW_NAME as SEND_PROVIDER_FLOW
+from tasks.provider_limits import SLOT_STUCK_EVENT
+from tasks.send_to_provider import PROVIDER_BLOCKED_EVENT, PROVIDER_WAITING_EVENT
 
 PREFIX = "broadcasts: "
 MISSED_HEARTBEATS = 3  # one late heartbeat is a busy machine; three is a dead process
-SEND_FLOWS = [names.SEND_EVENT_FLOW, names.SEND_PROVIDER_FLOW]
+SEND_FLOWS = [SEND_EVENT_FLOW, SEND_PROVIDER_FLOW]
 # After Pending, any of these means the run started or ended: Retrying and Rerunning are Running
 # states of a run started again; Cancelling is an operator's choice, not a lost run.
 STARTED_OR_ENDED = ["Running", "Retrying", "Rerunning", "Completed", "Failed", "Crashed", "Cancelled", "Cancelling"]
@@ -60,7 +64,7 @@ def zombie_runs(heartbeat_seconds: float) -> AutomationCore:
                     "resume-dispatch finish its event with the same identifiers.",
         trigger=EventTrigger(
             match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related=_flows([*SEND_FLOWS, names.LINK_TESTS_FLOW, names.RESUME_FLOW]),
+            match_related=_flows([*SEND_FLOWS, LINK_TESTS_FLOW, RESUME_FLOW]),
             after={"prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
                     "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
@@ -128,31 +132,31 @@ def operator_alerts(block_document_id: object) -> list[AutomationCore]:
         ),
         AutomationCore(
             name=PREFIX + "event blocked behind a failed event",
-            trigger=on_event(names.PROVIDER_BLOCKED_EVENT),
+            trigger=on_event(PROVIDER_BLOCKED_EVENT),
             actions=notify("Broadcast event {{ event.payload.event_id }} blocked for {{ event.payload.provider }}",
                            "{{ event.payload.message }}"),
         ),
         AutomationCore(
             name=PREFIX + "event waiting long for an earlier event",
-            trigger=on_event(names.PROVIDER_WAITING_EVENT),
+            trigger=on_event(PROVIDER_WAITING_EVENT),
             actions=notify("Broadcast event {{ event.payload.event_id }} waiting for {{ event.payload.provider }}",
                            "{{ event.payload.message }}"),
         ),
         AutomationCore(
             name=PREFIX + "provider slot stuck",
-            trigger=on_event(names.SLOT_STUCK_EVENT),
+            trigger=on_event(SLOT_STUCK_EVENT),
             actions=notify("Provider slot stuck: {{ event.payload.limit }}", "{{ event.payload.detail }}"),
         ),
         AutomationCore(
             name=PREFIX + "link tests failed",
-            trigger=on_run_state([names.LINK_TESTS_FLOW], ["Failed", "Crashed"]),
+            trigger=on_run_state([LINK_TESTS_FLOW], ["Failed", "Crashed"]),
             actions=notify("Link tests {{ flow_run.state.name }}",
                            "{{ flow_run.state.message }}\nA failing route cannot carry an alert: check the "
                            "proxy and the network's CBC. {{ flow_run|ui_url }}"),
         ),
         AutomationCore(
             name=PREFIX + "route failing link tests",
-            trigger=on_event(names.ROUTE_FAILING_EVENT),
+            trigger=on_event(ROUTE_FAILING_EVENT),
             actions=notify("Route failing: {{ event.payload.provider }} {{ event.payload.route }}",
                            "{{ event.payload.message }}"),
         ),

@@ -21,6 +21,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.workers.process import ProcessWorker
 
 from deployments import automations, names
+from tasks.provider_limits import limit_name
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def bootstrap(providers: Iterable[str], notification_block: str | None = None) -
         steps = [
             _work_pool(client),
             *(_queue(client, queue, priority) for queue, priority in names.QUEUE_PRIORITIES.items()),
-            *(_limit(client, names.limit_name(provider)) for provider in providers),
+            *(_limit(client, limit_name(provider)) for provider in providers),
             _automation(client, automations.zombie_runs(_heartbeat_seconds())),
         ]
         if notification_block is None:

@@ -154,7 +154,7 @@ def send_event(
     included (in this process, against the configured Prefect API or a temporary one). Exit code 0
     only when every provider acknowledged."""
     from broadcasts.db import unit_of_work
-    from broadcasts.dispatch import plan_event
+    from broadcasts.event_plan import plan_event
 
     eid = parse_uuid(event_id, "event id")
     config = settings()
@@ -236,7 +236,7 @@ def serve_command(
 
     config = settings()
     if webhook:
-        webhook_key(config, "the webhook needs one (or run with --no-webhook)")
+        signing_key(config, "the webhook needs one (or run with --no-webhook)")
     require_api()
     with prefect_errors():
         serve.run(config, webhook=(webhook_host, webhook_port) if webhook else None, dispatcher=dispatcher,
@@ -318,7 +318,7 @@ def trigger_command(
 
     eid = parse_uuid(event_id, "event id")
     config = settings()
-    key = webhook_key(config, "the webhook would refuse the request")
+    key = signing_key(config, "the webhook would refuse the request")
     try:
         code, answer = post_event(url, eid, key)
     except httpx.HTTPError as error:
@@ -378,7 +378,7 @@ def print_link_test_history(providers: list[str] | None, since: str, as_json: bo
     typer.echo(link_test_history_output(found, since, as_json))
 
 
-def webhook_key(config: Settings, why: str) -> bytes:
+def signing_key(config: Settings, why: str) -> bytes:
     from deployments.signing import SecretNotSet, secret_key
 
     try:

@@ -18,6 +18,10 @@ from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
 from broadcasts.settings import get_settings
 from deployments import names
+from flows.link_tests import FLOW_NAME as LINK_TESTS_FLOW
+from flows.resume_dispatch import FLOW_NAME as RESUME_FLOW
+from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT, FLOW_NAME as SEND_EVENT_FLOW
+from flows.send_provider_message import DEPLOYMENT_NAME as SEND_PROVIDER_DEPLOYMENT, FLOW_NAME as SEND_PROVIDER_FLOW
 from flows.link_tests import link_tests
 from flows.resume_dispatch import RESUME_DESCRIPTION, resume_dispatch
 from flows.send_broadcast_event import send_broadcast_event
@@ -44,8 +48,8 @@ LINK_TESTS_DESCRIPTION = (
 
 # The alert deployments (full names, flow/deployment) and their flows: run by the dispatcher, not
 # polled by the Runner.
-ALERT_DEPLOYMENTS: dict[str, Flow] = {names.SEND_EVENT_DEPLOYMENT: send_broadcast_event,
-                                      names.SEND_PROVIDER_DEPLOYMENT: send_provider_message}
+ALERT_DEPLOYMENTS: dict[str, Flow] = {SEND_EVENT_DEPLOYMENT: send_broadcast_event,
+                                      SEND_PROVIDER_DEPLOYMENT: send_provider_message}
 
 
 def is_alert(deployment: RunnerDeployment) -> bool:
@@ -67,20 +71,20 @@ def deployments() -> list[RunnerDeployment]:
     settings = get_settings()
     return [
         send_broadcast_event.to_deployment(
-            name=names.SEND_EVENT_FLOW, description=SEND_EVENT_DESCRIPTION,
+            name=SEND_EVENT_FLOW, description=SEND_EVENT_DESCRIPTION,
             triggers=[event_created_trigger()],
         ),
         send_provider_message.to_deployment(
-            name=names.SEND_PROVIDER_FLOW, description=SEND_PROVIDER_DESCRIPTION,
+            name=SEND_PROVIDER_FLOW, description=SEND_PROVIDER_DESCRIPTION,
         ),
         resume_dispatch.to_deployment(
-            name=names.RESUME_FLOW, description=RESUME_DESCRIPTION,
+            name=RESUME_FLOW, description=RESUME_DESCRIPTION,
             # No concurrency limit: a run killed while starting would hold the slot for minutes,
             # and two resumers at once are safe (their idempotency keys agree).
             interval=timedelta(seconds=settings.resume_interval_seconds),
         ),
         link_tests.to_deployment(
-            name=names.LINK_TESTS_FLOW, description=LINK_TESTS_DESCRIPTION, cron=settings.link_test_cron,
+            name=LINK_TESTS_FLOW, description=LINK_TESTS_DESCRIPTION, cron=settings.link_test_cron,
             concurrency_limit=1,  # runs never pile up behind a slow one
         ),
     ]

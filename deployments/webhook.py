@@ -52,7 +52,7 @@ from broadcasts import dao
 from broadcasts.db import get_engine
 from broadcasts.errors import UnknownEvent
 from broadcasts.settings import Settings, get_settings
-from deployments import names
+from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT, idempotency_key
 from deployments.signing import BadSignature, SecretNotSet, check_signature, secret_key
 from deployments.trigger import EVENTS_PATH
 
@@ -132,7 +132,7 @@ def create_app(settings: Settings) -> FastAPI:
         await check_event_exists(settings, event_id)
         run_id = await create_run(event_id)
         logger.info("event %s: flow run %s", event_id, run_id)
-        return RunCreated(flow_run_id=run_id, deployment=names.SEND_EVENT_DEPLOYMENT)
+        return RunCreated(flow_run_id=run_id, deployment=SEND_EVENT_DEPLOYMENT)
 
     @app.get("/healthz", summary="Database, Prefect API and deployment reachable")
     async def healthz() -> JSONResponse:
@@ -210,13 +210,13 @@ def database_health(database_url: str) -> str:
 
 
 async def create_run(event_id: uuid.UUID) -> uuid.UUID:
-    key = names.idempotency_key(event_id)
+    key = idempotency_key(event_id)
     deployment: DeploymentResponse | None = None
 
     async def create(client: PrefectClient) -> uuid.UUID:
         nonlocal deployment
         if deployment is None:  # read once, however many attempts the creation takes
-            deployment = await client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT)
+            deployment = await client.read_deployment_by_name(SEND_EVENT_DEPLOYMENT)
         try:
             run = await client.create_flow_run_from_deployment(
                 deployment.id, parameters={"broadcast_event_id": str(event_id)}, idempotency_key=key)
@@ -235,7 +235,7 @@ async def create_run(event_id: uuid.UUID) -> uuid.UUID:
     try:
         return await with_prefect(create)
     except NotDeployed:
-        raise reject(503, f"the deployment {names.SEND_EVENT_DEPLOYMENT} does not exist on the Prefect "
+        raise reject(503, f"the deployment {SEND_EVENT_DEPLOYMENT} does not exist on the Prefect "
                           "server: the service is not deployed", retry=True) from None
     except PrefectUnavailable as error:
         raise reject(503, f"the Prefect API is unavailable ({error}); try again", retry=True) from None
@@ -251,7 +251,7 @@ async def run_with_key(client: PrefectClient, flow_id: uuid.UUID, key: str) -> u
 
 async def prefect_health() -> tuple[str, str]:
     try:
-        await with_prefect(lambda client: client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT), attempts=1)
+        await with_prefect(lambda client: client.read_deployment_by_name(SEND_EVENT_DEPLOYMENT), attempts=1)
     except NotDeployed:
         return "ok", "not found"
     except Exception as error:  # the health answer names the failure instead of failing itself

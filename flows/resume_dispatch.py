@@ -61,18 +61,16 @@ from prefect.runtime import flow_run as this_run
 from prefect.states import Completed, Crashed, Failed, State
 
 from broadcasts.db import get_engine, unit_of_work
-from broadcasts.dispatch import TRANSIENT_DATABASE_ERRORS
+from broadcasts.db import TRANSIENT_DATABASE_ERRORS
 from broadcasts.models import utcnow
 from broadcasts.resume import Unfinished, events_to_dispatch
 from broadcasts.settings import Settings, get_settings
-from flows.send_broadcast_event import FLOW_NAME as SEND_EVENT_FLOW
-from flows.send_provider_message import FLOW_NAME as SEND_PROVIDER_FLOW
+from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT
+from flows.send_broadcast_event import idempotency_key
+from flows.send_provider_message import DEPLOYMENT_NAME as SEND_PROVIDER_DEPLOYMENT
 from tasks.claim import propose_pending
 
 FLOW_NAME = "resume-dispatch"
-# The deployments are named after their flows (as `deployments.names` declares them).
-SEND_EVENT_DEPLOYMENT = f"{SEND_EVENT_FLOW}/{SEND_EVENT_FLOW}"
-SEND_PROVIDER_DEPLOYMENT = f"{SEND_PROVIDER_FLOW}/{SEND_PROVIDER_FLOW}"
 LIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING]
 # A claimed run starts within seconds (the dispatcher: at once; serve: a process start) and a due
 # run is claimed within a poll; one still Pending, or still Scheduled past its start, this long
@@ -95,13 +93,8 @@ RESUME_DESCRIPTION = (
 )
 
 
-def webhook_key(event_id: object) -> str:
-    """The key the webhook starts an event's send with (`deployments.names.idempotency_key`)."""
-    return f"{SEND_EVENT_FLOW}:{event_id}"
-
-
 def resume_key(event_id: object, latest_run_id: object) -> str:
-    return f"{webhook_key(event_id)}:resume:{latest_run_id}"
+    return f"{idempotency_key(event_id)}:resume:{latest_run_id}"
 
 
 @flow(name=FLOW_NAME, description=RESUME_DESCRIPTION)
@@ -139,7 +132,7 @@ def resume_dispatch() -> State:
                             event.event_id, event.reason, working.id, state_name(working))
                 continue
             previous = latest.get(event.event_id)  # a run just Crashed is the latest: a new key
-            key = webhook_key(event.event_id) if previous is None else resume_key(event.event_id, previous.id)
+            key = idempotency_key(event.event_id) if previous is None else resume_key(event.event_id, previous.id)
             run = client.create_flow_run_from_deployment(
                 send_event, parameters={"broadcast_event_id": str(event.event_id)}, idempotency_key=key)
             logger.info("resuming event %s: %s; %s → run %s",

@@ -11,9 +11,16 @@ from broadcasts.settings import get_settings
 from broadcasts.validation import parse_uuid
 from flows.outcomes import publish_table, unacknowledged, wait_for_all
 from tasks.read_event_plan import read_event_plan
-from tasks.send_provider_message import planned_for
+from tasks.send_to_provider import planned_for
 
 FLOW_NAME = "send-broadcast-event"
+DEPLOYMENT_NAME = f"{FLOW_NAME}/{FLOW_NAME}"  # the one deployment, named after its flow
+
+
+def idempotency_key(event_id: object) -> str:
+    """The key the webhook starts an event's send with: a repeated call finds the same run, and
+    resume-dispatch starts an event that never had a run with it too."""
+    return f"{FLOW_NAME}:{event_id}"
 
 
 @flow(name=FLOW_NAME, flow_run_name="send-broadcast-event-{broadcast_event_id}")

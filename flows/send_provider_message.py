@@ -12,9 +12,10 @@ from broadcasts.settings import get_settings
 from broadcasts.validation import parse_uuid
 from flows.outcomes import publish_table, unacknowledged, wait_for_all
 from tasks.read_event_plan import read_event_plan
-from tasks.send_provider_message import planned_for
+from tasks.send_to_provider import planned_for
 
 FLOW_NAME = "send-provider-message"
+DEPLOYMENT_NAME = f"{FLOW_NAME}/{FLOW_NAME}"  # the one deployment, named after its flow
 
 
 @flow(name=FLOW_NAME, flow_run_name="send-provider-message-{provider}-{broadcast_event_id}")

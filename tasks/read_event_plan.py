@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import task
 
-from broadcasts import dispatch
+from broadcasts import event_plan
 from broadcasts.db import get_engine
 from broadcasts.errors import DatabaseUnavailable
 from broadcasts.settings import get_settings
@@ -26,6 +26,6 @@ def _database_unavailable(task: Any, task_run: Any, state: Any) -> bool:
     retry_delay_seconds=READ_RETRY_DELAYS,
     retry_condition_fn=_database_unavailable,
 )
-def read_event_plan(broadcast_event_id: uuid.UUID) -> dispatch.EventPlan:
+def read_event_plan(broadcast_event_id: uuid.UUID) -> event_plan.EventPlan:
     settings = get_settings()
-    return dispatch.read_plan(get_engine(settings.database_url), broadcast_event_id, settings.enabled_cbcs)
+    return event_plan.read_plan(get_engine(settings.database_url), broadcast_event_id, settings.enabled_cbcs)

@@ -10,7 +10,7 @@ retry wait or one attempt, whichever is longer. A first attempt does not ask: th
 start a run cancelled before it starts, and asking would cost every alert a round trip.
 
 Stopping ends the provider message `technical-failure` with the reason
-(`dispatch.record_run_cancelled`), so resume-dispatch does not send it again behind the
+(`dispatch_records.record_run_cancelled`), so resume-dispatch does not send it again behind the
 operator's back; `broadcasts replay` does.
 """
 
@@ -27,7 +27,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.context import TaskRunContext
 from sqlalchemy import Engine
 
-from broadcasts import dispatch
+from broadcasts import dispatch_records
 from broadcasts.errors import RetryableError, RunCancelled
 from tasks import slot_api
 
@@ -74,7 +74,7 @@ def _stop_if_cancelled(context: TaskRunContext, engine: Engine, event_id: str, p
     if state not in CANCELLED:
         return
     try:
-        stopped = dispatch.record_run_cancelled(engine, UUID(event_id), provider, run_id)
+        stopped = dispatch_records.record_run_cancelled(engine, UUID(event_id), provider, run_id)
     except Exception:  # the run stops all the same; resume-dispatch may then send it again
         logger.warning("could not record that run %s was cancelled for event %s to %s", run_id, event_id,
                        provider, exc_info=True)

@@ -16,13 +16,13 @@ from broadcasts.db import get_engine, unit_of_work
 from broadcasts.errors import AllRoutesFailed, DatabaseUnavailable, ProviderNotAvailable, ServiceNotLive
 from broadcasts.models import Service, utcnow
 from broadcasts.settings import get_settings
-from tasks.send_provider_message import should_retry
+from tasks.send_to_provider import should_retry
 from tests.factories import make_alert
 from tests.flows.helpers import provider_message_count, statuses
 
 
 def send(engine, event_id, provider="ee", enabled=("ee", "three", "o2", "vodafone")):  # type: ignore[no-untyped-def]
-    return dispatch.send_to_provider(engine, get_proxy(get_settings()), event_id, provider,
+    return dispatch.send_once(engine, get_proxy(get_settings()), event_id, provider,
                                      headline="h", enabled=list(enabled))
 
 

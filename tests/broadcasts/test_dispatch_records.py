@@ -35,13 +35,13 @@ from broadcasts.models import (
     utcnow,
 )
 from broadcasts.settings import get_settings
-from tasks.send_provider_message import should_retry
+from tasks.send_to_provider import should_retry
 from tests.factories import make_alert, make_event, make_message, make_service
 from tests.flows.helpers import provider_message_count, statuses
 
 
 def send(engine, event_id, provider="ee", **options):  # type: ignore[no-untyped-def]
-    return dispatch.send_to_provider(engine, options.pop("proxy", None) or get_proxy(get_settings()), event_id,
+    return dispatch.send_once(engine, options.pop("proxy", None) or get_proxy(get_settings()), event_id,
                                      provider, headline="h", enabled=["ee", "three", "o2", "vodafone"], **options)
 
 

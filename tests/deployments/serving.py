@@ -15,7 +15,7 @@ from typing import Any
 
 from prefect.client.orchestration import get_client
 
-from deployments import names
+from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT, idempotency_key
 from tests.conftest import PROJECT_ROOT
 
 BROADCASTS = [sys.executable, "-m", "deployments.cli"]
@@ -55,10 +55,10 @@ def serving(*extra: str, webhook: bool = False) -> Iterator[Served]:
             process.wait(10)
 
 
-def start_run(event_id: Any, deployment: str = names.SEND_EVENT_DEPLOYMENT, **parameters: Any) -> str:
+def start_run(event_id: Any, deployment: str = SEND_EVENT_DEPLOYMENT, **parameters: Any) -> str:
     """A run of the deployment, as the webhook (send-broadcast-event, one per event) or the UI's
     "Custom run" (any deployment and parameters) creates it."""
-    key = names.idempotency_key(event_id) if deployment == names.SEND_EVENT_DEPLOYMENT else None
+    key = idempotency_key(event_id) if deployment == SEND_EVENT_DEPLOYMENT else None
     with get_client(sync_client=True) as client:
         found = client.read_deployment_by_name(deployment)
         return str(client.create_flow_run_from_deployment(

@@ -16,6 +16,8 @@ from prefect.client.orchestration import get_client
 from prefect.events.schemas.automations import AutomationCore
 
 from deployments import automations, names
+from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT
+from flows.send_provider_message import DEPLOYMENT_NAME as SEND_PROVIDER_DEPLOYMENT
 from deployments.bootstrap import bootstrap
 from tests.conftest import PROJECT_ROOT
 
@@ -65,7 +67,7 @@ def test_prefect_deploy_all_succeeds_from_a_clean_checkout(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     with get_client(sync_client=True) as client:
         try:
-            for name in (names.SEND_EVENT_DEPLOYMENT, names.SEND_PROVIDER_DEPLOYMENT):
+            for name in (SEND_EVENT_DEPLOYMENT, SEND_PROVIDER_DEPLOYMENT):
                 deployment = client.read_deployment_by_name(name)
                 assert (deployment.work_pool_name, deployment.work_queue_name) == (names.WORK_POOL, names.ALERTS_QUEUE)
                 assert deployment.pull_steps == []

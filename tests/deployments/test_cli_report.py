@@ -14,7 +14,7 @@ from tests.factories import make_event, make_message, make_service
 
 def send(engine, event_id, provider="ee"):  # type: ignore[no-untyped-def]
     settings = get_settings()
-    return dispatch.send_to_provider(engine, get_proxy(settings), event_id, provider, headline="h",
+    return dispatch.send_once(engine, get_proxy(settings), event_id, provider, headline="h",
                                      enabled=settings.enabled_cbcs)
 
 

@@ -17,7 +17,7 @@ from tests.flows.helpers import calls_for, statuses
 def test_send_event_replays_a_provider_that_ended_technical_failure(cli, engine, sim, prefect_server):
     _, _, event_id = make_alert(engine)
     with pytest.raises(UnexpectedError):
-        dispatch.send_to_provider(engine, CBCProxy(ExplodingLambda()), event_id, "ee", headline="h",
+        dispatch.send_once(engine, CBCProxy(ExplodingLambda()), event_id, "ee", headline="h",
                                   enabled=get_settings().enabled_cbcs)
     identifier = statuses(engine, event_id)["ee"].identifier
 

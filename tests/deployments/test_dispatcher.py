@@ -20,7 +20,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFi
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.states import AwaitingRetry, Pending, Scheduled
 
-from deployments import names
+from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT
 from deployments.dispatcher import dispatching
 from deployments.definitions import register_alert_deployments
 from tests.conftest import PROJECT_ROOT, backend
@@ -70,7 +70,7 @@ def test_a_run_created_from_the_deployment_runs_at_once_with_its_task_runs_logs_
     assert_each_provider_called_once(engine, sim, [event_id])
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(run_id)
-        deployment = client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT)
+        deployment = client.read_deployment_by_name(SEND_EVENT_DEPLOYMENT)
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
         history = [s.type.value for s in client.read_flow_run_states(run_id)]
     assert run.deployment_id == deployment.id and run.name == f"send-broadcast-event-{event_id}"
@@ -116,7 +116,7 @@ def test_a_replayed_event_of_a_completed_run_is_not_run_again(environment, engin
 def test_a_run_scheduled_for_later_is_claimed_only_when_it_is_due(environment, engine, sim):
     _, _, event_id = make_alert(engine)
     with dispatching(), get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT)
+        deployment = client.read_deployment_by_name(SEND_EVENT_DEPLOYMENT)
         due = datetime.now(timezone.utc) + timedelta(seconds=2)  # after the warm-up, however slow
         run_id = str(client.create_flow_run_from_deployment(
             deployment.id, parameters={"broadcast_event_id": str(event_id)}, state=Scheduled(scheduled_time=due)).id)

@@ -15,7 +15,7 @@ from prefect.states import Cancelling
 from broadcasts.db import unit_of_work
 from broadcasts.models import utcnow
 from broadcasts.resume import events_to_dispatch
-from deployments import names
+from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT
 from deployments.dispatcher import dispatching
 from deployments.definitions import register_alert_deployments
 from tests.deployments.serving import start_run, wait_for_runs
@@ -32,7 +32,7 @@ def alert_deployments(prefect_server):  # type: ignore[no-untyped-def]
 
 def runs_for(event_id: object) -> list[str]:
     with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT)
+        deployment = client.read_deployment_by_name(SEND_EVENT_DEPLOYMENT)
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id])), limit=200)
     return [str(r.id) for r in runs if r.parameters.get("broadcast_event_id") == str(event_id)]

@@ -8,6 +8,10 @@ from prefect.flows import load_flow_from_entrypoint
 
 from broadcasts.settings import Settings, get_settings
 from deployments import names
+from flows.link_tests import FLOW_NAME as LINK_TESTS_FLOW
+from flows.resume_dispatch import FLOW_NAME as RESUME_FLOW
+from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT, FLOW_NAME as SEND_EVENT_FLOW
+from flows.send_provider_message import FLOW_NAME as SEND_PROVIDER_FLOW
 from deployments.definitions import deployments
 from tests.conftest import PROJECT_ROOT
 
@@ -20,16 +24,16 @@ def test_every_deployment_runs_on_the_alerts_queue_of_the_pool_from_the_installe
     config = project()
     assert config["pull"] == []  # workers run the installed package: nothing to fetch
     assert {d["name"]: (d["work_pool"]["name"], d["work_pool"]["work_queue_name"]) for d in config["deployments"]} == {
-        names.SEND_EVENT_FLOW: (names.WORK_POOL, names.ALERTS_QUEUE),
-        names.SEND_PROVIDER_FLOW: (names.WORK_POOL, names.ALERTS_QUEUE),
-        names.LINK_TESTS_FLOW: (names.WORK_POOL, names.LINK_TESTS_QUEUE),
-        names.RESUME_FLOW: (names.WORK_POOL, names.ALERTS_QUEUE),
+        SEND_EVENT_FLOW: (names.WORK_POOL, names.ALERTS_QUEUE),
+        SEND_PROVIDER_FLOW: (names.WORK_POOL, names.ALERTS_QUEUE),
+        LINK_TESTS_FLOW: (names.WORK_POOL, names.LINK_TESTS_QUEUE),
+        RESUME_FLOW: (names.WORK_POOL, names.ALERTS_QUEUE),
     }
 
 
 def test_link_tests_run_on_the_default_schedule_one_at_a_time_in_both_places():
-    (declared,) = [d for d in project()["deployments"] if d["name"] == names.LINK_TESTS_FLOW]
-    (served,) = [d for d in deployments() if d.name == names.LINK_TESTS_FLOW]
+    (declared,) = [d for d in project()["deployments"] if d["name"] == LINK_TESTS_FLOW]
+    (served,) = [d for d in deployments() if d.name == LINK_TESTS_FLOW]
     assert declared["schedules"] == [{"cron": Settings.model_fields["link_test_cron"].default}]
     assert [s.schedule.cron for s in served.schedules] == [get_settings().link_test_cron]
     assert declared["concurrency_limit"] == served.concurrency_limit == 1
@@ -42,20 +46,20 @@ def test_entrypoints_import_the_flows_that_serve_runs_with_the_same_names_and_de
         deployment = served[declared["name"]]
         assert flow.name == deployment.flow_name == declared["name"]
         assert " ".join(declared["description"].split()) == deployment.description
-    assert f"{names.SEND_EVENT_FLOW}/{names.SEND_EVENT_FLOW}" == names.SEND_EVENT_DEPLOYMENT
+    assert f"{SEND_EVENT_FLOW}/{SEND_EVENT_FLOW}" == SEND_EVENT_DEPLOYMENT
 
 
 def test_the_event_created_trigger_is_the_same_in_both_places():
-    (declared,) = [d for d in project()["deployments"] if d["name"] == names.SEND_EVENT_FLOW][0]["triggers"]
-    (served,) = [d for d in deployments() if d.name == names.SEND_EVENT_FLOW][0].triggers
+    (declared,) = [d for d in project()["deployments"] if d["name"] == SEND_EVENT_FLOW][0]["triggers"]
+    (served,) = [d for d in deployments() if d.name == SEND_EVENT_FLOW][0].triggers
     assert declared["expect"] == sorted(served.expect) == [names.EVENT_CREATED]
     assert declared["match"] == served.match.root == {"prefect.resource.id": f"{names.EVENT_RESOURCE_PREFIX}*"}
     assert declared["parameters"] == served.parameters
 
 
 def test_resume_dispatch_runs_every_interval_with_no_slot_to_leak_in_both_places():
-    (declared,) = [d for d in project()["deployments"] if d["name"] == names.RESUME_FLOW]
-    (served,) = [d for d in deployments() if d.name == names.RESUME_FLOW]
+    (declared,) = [d for d in project()["deployments"] if d["name"] == RESUME_FLOW]
+    (served,) = [d for d in deployments() if d.name == RESUME_FLOW]
     assert declared["schedules"] == [{"interval": Settings.model_fields["resume_interval_seconds"].default}]
     assert [s.schedule.interval.total_seconds() for s in served.schedules] == [get_settings().resume_interval_seconds]
     assert "concurrency_limit" not in declared and served.concurrency_limit is None

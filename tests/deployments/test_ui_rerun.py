@@ -16,7 +16,8 @@ from sqlalchemy import delete, insert, select
 
 from broadcasts.db import unit_of_work
 from broadcasts.models import BroadcastProviderMessageNumber, utcnow
-from deployments import names
+from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT
+from flows.send_provider_message import DEPLOYMENT_NAME as SEND_PROVIDER_DEPLOYMENT
 from tests.deployments.serving import serving, start_run, wait_for_runs
 from tests.factories import make_event, make_message, make_service
 from tests.flows.helpers import calls_for, statuses
@@ -70,7 +71,7 @@ def test_retry_from_the_ui_leaves_a_technical_failure_and_a_custom_run_replays_o
         assert sim.invocations() == [] and statuses(engine, update)["vodafone"].history == before["vodafone"].history
 
         with get_client(sync_client=True) as client:  # a Custom run with replay_failed set
-            deployment = client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT)
+            deployment = client.read_deployment_by_name(SEND_EVENT_DEPLOYMENT)
             custom = str(client.create_flow_run_from_deployment(
                 deployment.id, parameters={"broadcast_event_id": str(update), "replay_failed": True}).id)
         assert wait_for_runs([custom], 60) == {custom: "COMPLETED"}
@@ -90,7 +91,7 @@ def test_a_custom_run_of_send_provider_message_replays_one_provider_with_its_ide
         sim.reset()
 
         for provider in ("vodafone", "ee"):  # ee already acknowledged: a no-op
-            run_id = start_run(update, names.SEND_PROVIDER_DEPLOYMENT, provider=provider)
+            run_id = start_run(update, SEND_PROVIDER_DEPLOYMENT, provider=provider)
             assert wait_for_runs([run_id], 60) == {run_id: "COMPLETED"}
 
     assert [(c["function"], c["payload"]["identifier"]) for c in sim.invocations()] == [

@@ -33,7 +33,8 @@ from sqlalchemy import Engine, func, select
 
 from broadcasts.models import Base
 from broadcasts.settings import get_settings
-from deployments import names, webhook
+from deployments import webhook
+from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT, FLOW_NAME as SEND_EVENT_FLOW, idempotency_key
 from deployments.signing import sign
 from deployments.trigger import post_event
 from deployments.webhook import WebhookNotConfigured, create_app
@@ -57,7 +58,7 @@ def deployment(prefect_server: str):  # type: ignore[no-untyped-def]
     yield send_broadcast_event.to_deployment(name="send-broadcast-event").apply()
     with get_client(sync_client=True) as client:
         for run in client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[names.SEND_EVENT_FLOW])),
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[SEND_EVENT_FLOW])),
             flow_run_filter=FlowRunFilter(
                 deployment_id=FlowRunFilterDeploymentId(is_null_=False),
                 expected_start_time=FlowRunFilterExpectedStartTime(after_=started),
@@ -124,7 +125,7 @@ def deployment_runs() -> list[Any]:
     (with or without the idempotency key)."""
     with get_client(sync_client=True) as client:
         return client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[names.SEND_EVENT_FLOW])),
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[SEND_EVENT_FLOW])),
             flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(is_null_=False)),
             limit=200,
         )
@@ -153,13 +154,13 @@ def nothing_created(engine: Engine) -> Iterator[None]:
 def test_a_signed_call_for_a_known_event_creates_one_scheduled_run_and_answers_202(call, event_id):
     response = post(call, body_for(event_id))
     assert response.status_code == 202, response.text
-    assert response.json() == {"flow_run_id": response.json()["flow_run_id"], "deployment": names.SEND_EVENT_DEPLOYMENT}
+    assert response.json() == {"flow_run_id": response.json()["flow_run_id"], "deployment": SEND_EVENT_DEPLOYMENT}
     [run] = runs_for(event_id)
     assert str(run.id) == response.json()["flow_run_id"]
     with get_client(sync_client=True) as client:
-        assert run.deployment_id == client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT).id
+        assert run.deployment_id == client.read_deployment_by_name(SEND_EVENT_DEPLOYMENT).id
     assert run.parameters == {"broadcast_event_id": str(event_id)}
-    assert run.idempotency_key == names.idempotency_key(event_id)
+    assert run.idempotency_key == idempotency_key(event_id)
     assert run.state.is_scheduled()
 
 
@@ -362,14 +363,14 @@ def test_an_undeployed_flow_answers_503_naming_the_deployment(call, event_id, de
     from flows.send_broadcast_event import send_broadcast_event
 
     with get_client(sync_client=True) as client:
-        client.delete_deployment(client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT).id)
+        client.delete_deployment(client.read_deployment_by_name(SEND_EVENT_DEPLOYMENT).id)
     try:
         response = post(call, body_for(event_id))
         health = call("GET", "/healthz")
     finally:
         send_broadcast_event.to_deployment(name="send-broadcast-event").apply()
     rejected(response, 503, event_id)
-    assert names.SEND_EVENT_DEPLOYMENT in response.json()["detail"]
+    assert SEND_EVENT_DEPLOYMENT in response.json()["detail"]
     assert health.status_code == 503
     assert health.json() == {"database": "ok", "prefect": "ok", "deployment": "not found"}
 

@@ -33,7 +33,8 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterIdempoten
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from broadcasts.settings import get_settings
-from deployments import names, webhook
+from deployments import webhook
+from flows.send_broadcast_event import idempotency_key
 from deployments import server as broadcasts_server
 from deployments.trigger import post_event
 from tests.conftest import _wait_for_health
@@ -163,7 +164,7 @@ def webhook_at(api: str) -> Iterator[str]:
 def runs_with_key(api: str, event_id: uuid.UUID) -> list[str]:
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            idempotency_key=FlowRunFilterIdempotencyKey(any_=[names.idempotency_key(event_id)])))
+            idempotency_key=FlowRunFilterIdempotencyKey(any_=[idempotency_key(event_id)])))
     return [str(run.id) for run in runs]
 
 

@@ -1,5 +1,5 @@
 """Dispatch under chaos, without Prefect: random broadcasts of alert/update/cancel events, random
-route failures scripted in the simulator and a random interleaving of `send_to_provider` calls.
+route failures scripted in the simulator and a random interleaving of `dispatch.send_once` calls.
 
 Whatever the order of the calls, on the simulator's own record:
 - a network never receives event N+1 of a broadcast before it acknowledged event N;
@@ -105,13 +105,13 @@ def test_random_failures_and_interleavings_keep_order_and_one_identifier(environ
         # Now and then, call a pair that is already acknowledged: it must send nothing again.
         if acknowledged and order.random() < 0.1:
             (event_id, provider), identifier = order.choice(list(acknowledged.items()))
-            result = dispatch.send_to_provider(engine, proxy, event_id, provider, enabled=providers, headline="h")
+            result = dispatch.send_once(engine, proxy, event_id, provider, enabled=providers, headline="h")
             assert (result.status, result.sent_now, result.provider_message_id) == ("returned-ack", False, identifier), (
                 f"{label[event_id]} on {provider}: a call after its ack answered {result}")
             continue
         event, provider = order.choice(pending)
         try:
-            result = dispatch.send_to_provider(engine, proxy, event.id, provider, enabled=providers, headline="h")
+            result = dispatch.send_once(engine, proxy, event.id, provider, enabled=providers, headline="h")
         except EarlierEventPending:
             continue  # called again later, in the random order
         except AllRoutesFailed as error:

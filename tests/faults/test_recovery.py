@@ -35,7 +35,10 @@ from sqlalchemy import Engine, create_engine, text
 from broadcasts.db import driver_url, get_engine, unit_of_work
 from broadcasts.migrate import upgrade
 from broadcasts.models import BroadcastProviderMessage
-from deployments import names, server
+from deployments import server
+from flows.resume_dispatch import FLOW_NAME as RESUME_FLOW
+from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT
+from tasks.provider_limits import limit_name
 from deployments.automations import MISSED_HEARTBEATS
 from deployments.bootstrap import bootstrap
 from deployments.prefect_api import CLIENT_SETTINGS, client_settings
@@ -150,7 +153,7 @@ def test_serve_killed_at_every_point_of_a_send_finishes_every_network_with_its_f
     sim.fault("three-2-proxy", http_status=500, times=1)
     with get_client(sync_client=True) as client:
         vodafone_slot = client.increment_concurrency_slots_with_lease(
-            names=[names.limit_name("vodafone")], slots=1, mode="concurrency", lease_duration=600).json()["lease_id"]
+            names=[limit_name("vodafone")], slots=1, mode="concurrency", lease_duration=600).json()["lease_id"]
 
     def at_every_point() -> bool:
         calls = Counter((c["function"], c["outcome"]) for c in sim.invocations())
@@ -211,7 +214,7 @@ def test_serve_killed_at_every_point_of_a_send_finishes_every_network_with_its_f
 
     with get_client(sync_client=True) as client:
         crashed = client.read_flow_run(uuid.UUID(run_id))
-        deployment = client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT)
+        deployment = client.read_deployment_by_name(SEND_EVENT_DEPLOYMENT)
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id])))
     assert crashed.state is not None and crashed.state.type.value == "CRASHED", crashed.state
@@ -268,7 +271,7 @@ def test_database_connections_killed_and_prefect_restarted_mid_dispatch_lose_not
     assert len(identifiers) == messages, identifiers
     with get_client(sync_client=True) as client:
         runs = Counter(r.state_name for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            deployment_id=FlowRunFilterDeploymentId(any_=[client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT).id]))))
+            deployment_id=FlowRunFilterDeploymentId(any_=[client.read_deployment_by_name(SEND_EVENT_DEPLOYMENT).id]))))
     assert held == dict.fromkeys(PROVIDERS, 0), f"slots still taken: {held}\n{slot_lines}"
     print(f"\nslots free {freed_after:.1f} s after the last ACK")
     print(f"{killed} app database connection(s) terminated and the Prefect server restarted with "
@@ -283,7 +286,7 @@ def heartbeats(run_id: str, since: datetime) -> int:
 
 def slots_held() -> dict[str, int]:
     with get_client(sync_client=True) as client:
-        return {p: client.read_global_concurrency_limit_by_name(names.limit_name(p)).active_slots for p in PROVIDERS}
+        return {p: client.read_global_concurrency_limit_by_name(limit_name(p)).active_slots for p in PROVIDERS}
 
 
 def terminate_connections(engine: Engine) -> int:
@@ -315,7 +318,7 @@ def runs_summary(since: datetime) -> str:
 
 def resume_runs_in(state_type: str) -> bool:
     with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name(f"{names.RESUME_FLOW}/{names.RESUME_FLOW}")
+        deployment = client.read_deployment_by_name(f"{RESUME_FLOW}/{RESUME_FLOW}")
         return any(r.state_type is not None and r.state_type.value == state_type for r in client.read_flow_runs(
             flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id]))))
 

@@ -33,7 +33,7 @@ from prefect.client.schemas.filters import (
 )
 
 from broadcasts.settings import get_settings
-from deployments import names
+from flows.send_broadcast_event import FLOW_NAME as SEND_EVENT_FLOW
 from deployments.signing import sign
 from deployments.webhook import create_app
 from tests.factories import make_alert
@@ -57,7 +57,7 @@ def deployment(prefect_server: str):  # type: ignore[no-untyped-def]
     yield send_broadcast_event.to_deployment(name="send-broadcast-event").apply()
     with get_client(sync_client=True) as client:
         for run in client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[names.SEND_EVENT_FLOW])),
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[SEND_EVENT_FLOW])),
             flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(is_null_=False),
                                           expected_start_time=FlowRunFilterExpectedStartTime(after_=started)),
             limit=200,
@@ -82,7 +82,7 @@ def deployment_runs() -> list[Any]:
     if not _prefect:
         _prefect.append(get_client(sync_client=True).__enter__())
     return _prefect[0].read_flow_runs(
-        flow_filter=FlowFilter(name=FlowFilterName(any_=[names.SEND_EVENT_FLOW])),
+        flow_filter=FlowFilter(name=FlowFilterName(any_=[SEND_EVENT_FLOW])),
         flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(is_null_=False)),
         limit=200,
     )

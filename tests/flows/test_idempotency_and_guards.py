@@ -61,12 +61,12 @@ def test_rerunning_after_a_partial_failure_sends_only_to_unacknowledged_provider
     settings = get_settings()
     # An earlier run: o2 and vodafone acknowledged, ee failed on both routes.
     for provider in ("o2", "vodafone"):
-        dispatch.send_to_provider(engine, get_proxy(settings), event_id, provider, headline="h",
+        dispatch.send_once(engine, get_proxy(settings), event_id, provider, headline="h",
                                   enabled=settings.enabled_cbcs)
     sim.fault("ee-1-proxy", http_status=500, times=1)
     sim.fault("ee-2-proxy", http_status=500, times=1)
     with pytest.raises(AllRoutesFailed):
-        dispatch.send_to_provider(engine, get_proxy(settings), event_id, "ee", headline="h",
+        dispatch.send_once(engine, get_proxy(settings), event_id, "ee", headline="h",
                                   enabled=settings.enabled_cbcs)
     before = len(sim.invocations())
 
@@ -85,7 +85,7 @@ from broadcasts.cbc_proxy import get_proxy
 from broadcasts.db import get_engine
 from broadcasts.settings import get_settings
 settings = get_settings()
-dispatch.send_to_provider(get_engine(settings.database_url), get_proxy(settings),
+dispatch.send_once(get_engine(settings.database_url), get_proxy(settings),
                           uuid.UUID(sys.argv[1]), "ee", headline=settings.broadcast_headline,
                           enabled=settings.enabled_cbcs)
 """
@@ -189,7 +189,7 @@ def test_an_automatic_run_leaves_a_provider_refused_mid_retry_to_an_operator_and
     settings = get_settings()
 
     def send_ee() -> None:
-        dispatch.send_to_provider(engine, get_proxy(settings), event_id, "ee", headline="h", enabled=settings.enabled_cbcs)
+        dispatch.send_once(engine, get_proxy(settings), event_id, "ee", headline="h", enabled=settings.enabled_cbcs)
 
     sim.fault("ee-1-proxy", http_status=500, times=1)
     sim.fault("ee-2-proxy", http_status=500, times=1)

@@ -30,7 +30,7 @@ from broadcasts.db import get_engine, unit_of_work
 from broadcasts.migrate import upgrade
 from broadcasts.models import RETURNED_ACK, BroadcastEvent, utcnow
 from broadcasts.providers import get_provider
-from deployments import names
+from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT, idempotency_key
 from flows.resume_dispatch import NOT_STARTED_WITHIN, resume_dispatch, take_over
 from tests.conftest import backend, throwaway_postgres_database
 from tests.deployments.serving import serving, start_run, wait_for_runs
@@ -85,7 +85,7 @@ def send_event_runs(event_ids: list[uuid.UUID]) -> list[FlowRun]:
     """Every run of the send-broadcast-event deployment for these events, oldest first."""
     wanted = {str(e) for e in event_ids}
     with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT)
+        deployment = client.read_deployment_by_name(SEND_EVENT_DEPLOYMENT)
         runs = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id])),
             sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=200,  # this test's runs are the newest
@@ -121,10 +121,10 @@ def read_run(run_id: str | uuid.UUID) -> FlowRun:
 def start_scheduled(event_id: uuid.UUID, state: Any) -> str:
     """A send-broadcast-event run created in `state` (say, due a minute ago), with the webhook's key."""
     with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name(names.SEND_EVENT_DEPLOYMENT)
+        deployment = client.read_deployment_by_name(SEND_EVENT_DEPLOYMENT)
         return str(client.create_flow_run_from_deployment(
             deployment.id, parameters={"broadcast_event_id": str(event_id)}, state=state,
-            idempotency_key=names.idempotency_key(event_id)).id)
+            idempotency_key=idempotency_key(event_id)).id)
 
 
 def written_ago(engine: Engine, seconds: float = 60, **service_options: Any) -> uuid.UUID:
@@ -173,7 +173,7 @@ def test_an_event_never_announced_is_dispatched_by_one_run_after_the_grace_perio
             state = run_resume()
             [run] = runs_for(event_id)
             assert state.is_completed() and state.message == "resumed 1 event"
-            assert run.idempotency_key == names.idempotency_key(event_id)  # a late webhook call finds this run
+            assert run.idempotency_key == idempotency_key(event_id)  # a late webhook call finds this run
             assert wait_for_runs([str(run.id)], 60) == {str(run.id): "COMPLETED"}
 
         assert {p: s.status for p, s in statuses(db, event_id).items()} == dict.fromkeys(PROVIDERS, "returned-ack")
@@ -224,7 +224,7 @@ def test_two_resumers_at_once_create_one_run(db, deployed, caplog):
     assert len(states) == 2 and all(s.is_completed() for s in states)
     [first, resumed] = runs_for(event_id)
     assert str(first.id) == crashed
-    assert resumed.idempotency_key == f"{names.idempotency_key(event_id)}:resume:{crashed}"
+    assert resumed.idempotency_key == f"{idempotency_key(event_id)}:resume:{crashed}"
     assert resumed.parameters == {"broadcast_event_id": str(event_id)}
     lines = resume_lines(caplog)  # each resumer either got that run or saw it live
     assert lines and all(line.endswith(f"run {resumed.id}") or f"run {resumed.id} is Scheduled" in line
@@ -244,7 +244,7 @@ def test_a_crashed_run_is_resumed_with_the_same_identifiers(db, deployed, sim, c
         state = run_resume()
     assert state.is_completed() and state.message == "resumed 1 event"
     [_, resumed] = runs_for(event_id)
-    assert resumed.idempotency_key == f"{names.idempotency_key(event_id)}:resume:{crashed}"
+    assert resumed.idempotency_key == f"{idempotency_key(event_id)}:resume:{crashed}"
     reason = "ee, o2, vodafone not acknowledged (ee sending, o2 no provider message, vodafone sending)"
     assert resume_lines(caplog) == [
         f"not resuming event {event_id}: {reason}; run {crashed} is Running",
@@ -300,7 +300,7 @@ def test_a_run_left_pending_is_crashed_after_30_s_and_its_event_sent_by_a_new_ru
     assert str(first.id) == stuck
     assert read_run(stuck).state.is_crashed()
     assert read_run(stuck).state.message.startswith("not started within 30 s; resumed by resume-dispatch run ")
-    assert resumed.idempotency_key == f"{names.idempotency_key(event_id)}:resume:{stuck}" != first.idempotency_key
+    assert resumed.idempotency_key == f"{idempotency_key(event_id)}:resume:{stuck}" != first.idempotency_key
     reason = "never dispatched: no provider message"
     assert resume_lines(caplog) == [
         f"not resuming event {event_id}: {reason}; run {stuck} is Pending",
@@ -325,7 +325,7 @@ def test_a_run_left_scheduled_past_its_start_is_crashed_and_replaced(db, deploye
     assert state.is_completed() and state.message == "resumed 1 event"
     [first, resumed] = runs_for(event_id)
     assert str(first.id) == unclaimed and read_run(unclaimed).state.is_crashed()
-    assert resumed.idempotency_key == f"{names.idempotency_key(event_id)}:resume:{unclaimed}"
+    assert resumed.idempotency_key == f"{idempotency_key(event_id)}:resume:{unclaimed}"
     assert resume_lines(caplog) == [
         f"resuming event {event_id}: never dispatched: no provider message; previous run {unclaimed} not "
         f"started ({make_state().name} over 30 s), now Crashed → run {resumed.id}",

@@ -11,7 +11,7 @@ from sqlalchemy import update as update_rows
 from broadcasts.db import unit_of_work
 from broadcasts.models import Service, utcnow
 from broadcasts.retry import scaled_delays
-from tasks.send_provider_message import PROVIDER_BLOCKED_EVENT, PROVIDER_WAITING_EVENT
+from tasks.send_to_provider import PROVIDER_BLOCKED_EVENT, PROVIDER_WAITING_EVENT
 from tests.broadcasts.test_dao import written_apart
 from tests.broadcasts.test_dispatch_records import fail_both_routes
 from tests.factories import make_alert, make_event, make_message, make_service

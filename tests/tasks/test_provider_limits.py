@@ -42,7 +42,7 @@ def test_no_two_sends_to_one_provider_overlap(configure, engine, sim):
     def send(event_id):  # type: ignore[no-untyped-def]
         barrier.wait(10)
         try:
-            dispatch.send_to_provider(engine, proxy, event_id, "ee", headline="h", enabled=["ee"],
+            dispatch.send_once(engine, proxy, event_id, "ee", headline="h", enabled=["ee"],
                                       provider_slot=lambda: provider_slot("ee", 30))
         except BaseException as error:  # reported below, not lost in the thread
             errors.append(error)
@@ -152,7 +152,7 @@ def test_sends_queued_behind_a_slow_network_wait_their_turn_and_none_is_taken_fo
     def send(event_id):  # type: ignore[no-untyped-def]
         barrier.wait(10)
         try:
-            dispatch.send_to_provider(engine, proxy, event_id, "ee", headline="h", enabled=["ee"],
+            dispatch.send_once(engine, proxy, event_id, "ee", headline="h", enabled=["ee"],
                                       provider_slot=lambda: timed(provider_slot("ee", 5), held))
         except BaseException as error:
             errors.append(error)
@@ -179,7 +179,7 @@ from tasks.provider_limits import provider_slot
 settings = get_settings()
 print("ready", flush=True)
 sys.stdin.readline()
-dispatch.send_to_provider(get_engine(settings.database_url), get_proxy(settings), uuid.UUID(sys.argv[1]), "ee",
+dispatch.send_once(get_engine(settings.database_url), get_proxy(settings), uuid.UUID(sys.argv[1]), "ee",
                           headline="h", enabled=["ee"], provider_slot=lambda: provider_slot("ee", float(sys.argv[2])))
 """
 
@@ -203,7 +203,7 @@ def test_a_send_from_another_process_gets_the_slot_while_this_process_has_a_queu
 
         def send(event_id):  # type: ignore[no-untyped-def]
             barrier.wait(10)
-            dispatch.send_to_provider(engine, proxy, event_id, "ee", headline="h", enabled=["ee"],
+            dispatch.send_once(engine, proxy, event_id, "ee", headline="h", enabled=["ee"],
                                       provider_slot=lambda: provider_slot("ee", 30))
 
         threads = [in_thread(lambda e=e: send(e)) for e in here]
@@ -253,7 +253,7 @@ def test_a_holder_that_died_is_taken_for_gone_and_its_lease_released(configure, 
 
     _, _, event_id = make_alert(engine)
     begun = time.monotonic()
-    dispatch.send_to_provider(engine, get_proxy(get_settings()), event_id, "ee", headline="h", enabled=["ee"],
+    dispatch.send_once(engine, get_proxy(get_settings()), event_id, "ee", headline="h", enabled=["ee"],
                               provider_slot=lambda: provider_slot("ee", 4))
     took = time.monotonic() - begun
     assert 4 <= took < 8, took
@@ -267,7 +267,7 @@ def test_a_holder_that_died_is_taken_for_gone_and_its_lease_released(configure, 
         client.renew_concurrency_lease(uuid.UUID(lease_id), lease_duration=60)
     assert gone.value.response.status_code == 410
     _, _, second = make_alert(engine)
-    dispatch.send_to_provider(engine, get_proxy(get_settings()), second, "ee", headline="h", enabled=["ee"],
+    dispatch.send_once(engine, get_proxy(get_settings()), second, "ee", headline="h", enabled=["ee"],
                               provider_slot=lambda: provider_slot("ee", 4))
     assert "slot_stuck" not in (statuses(engine, second)["ee"].history[-1].detail or {})
 

@@ -54,7 +54,7 @@ def send_through(door: PrefectDoor, engine, wait: float, limit: float):  # type:
 
     def send() -> None:
         try:
-            outcome.append(dispatch.send_to_provider(
+            outcome.append(dispatch.send_once(
                 engine, get_proxy(get_settings()), event_id, "ee", headline="h", enabled=["ee"],
                 provider_slot=lambda: provider_slot("ee", wait)))
         except BaseException as error:  # reported by the caller, not lost in the thread

@@ -11,7 +11,7 @@ from broadcasts.errors import AllRoutesFailed, DatabaseUnavailable, EarlierEvent
 from broadcasts.models import utcnow
 from broadcasts.retry import MAX_RETRIES, RETRY_DELAYS, SPARE_RETRIES, planned_retries
 from tasks.retry_clock import MAX_LEAD_FRACTION, MAX_LEAD_SECONDS
-from tasks.send_provider_message import planned_for, send_to_provider, should_retry
+from tasks.send_to_provider import planned_for, send_to_provider, should_retry
 
 
 def failed_with(error: Exception) -> SimpleNamespace:

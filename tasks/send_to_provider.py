@@ -13,7 +13,7 @@ from prefect import Task, get_run_logger, task
 from prefect.context import TaskRunContext
 from prefect.events import emit_event
 
-from broadcasts import dispatch, retry
+from broadcasts import dispatch, dispatch_records, retry
 from broadcasts.cbc_proxy import CBCProxy, get_proxy
 from broadcasts.db import get_engine
 from broadcasts.errors import EarlierEventFailed, EarlierEventPending, NotSendable, RetryableError
@@ -43,7 +43,7 @@ def should_retry(task: Any, task_run: Any, state: Any) -> bool:
         return True
     if error.provider is not None:
         try:
-            dispatch.record_expired_while_retrying(
+            dispatch_records.record_expired_while_retrying(
                 get_engine(get_settings().database_url), error.event_id, error.provider
             )
         except Exception:
@@ -89,7 +89,7 @@ def send_to_provider(broadcast_event_id: str, provider: str, replay_failed: bool
     engine = get_engine(settings.database_url)
     try:
         with stopped_if_run_cancelled(engine, broadcast_event_id, provider):  # an operator's Cancel
-            result = dispatch.send_to_provider(
+            result = dispatch.send_once(
                 engine,
                 _Timed(get_proxy(settings), _this_run()),  # type: ignore[arg-type]  # the proxy's send, timed
                 uuid.UUID(broadcast_event_id),
