@@ -39,29 +39,16 @@ Why it neither loses an event nor starts two sends of one:
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
-from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterDeploymentId,
-    FlowRunFilterExpectedStartTime,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-)
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import SetStateStatus
-from prefect.client.schemas.sorting import FlowRunSort
-from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run as this_run
 from prefect.states import Completed, Crashed, Failed, State
 
-from broadcasts.db import get_engine, unit_of_work
-from broadcasts.db import TRANSIENT_DATABASE_ERRORS
+from broadcasts.db import TRANSIENT_DATABASE_ERRORS, get_engine, unit_of_work
 from broadcasts.models import utcnow
 from broadcasts.resume import Unfinished, events_to_dispatch
 from broadcasts.settings import Settings, get_settings
@@ -69,18 +56,15 @@ from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT
 from flows.send_broadcast_event import idempotency_key
 from flows.send_provider_message import DEPLOYMENT_NAME as SEND_PROVIDER_DEPLOYMENT
 from tasks.claim import propose_pending
+from tasks.run_queries import deployment_id, latest_send_runs, live_runs, state_name
 
 FLOW_NAME = "resume-dispatch"
-LIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING]
 # A claimed run starts within seconds (the dispatcher: at once; serve: a process start) and a due
 # run is claimed within a poll; one still Pending, or still Scheduled past its start, this long
 # after has nobody to start it. The server's state times are compared with this process's clock:
 # the hosts' clocks must agree within a few seconds (a resumer far ahead would take over healthy
 # runs, which costs extra runs and pages, never a lost or doubled send).
 NOT_STARTED_WITHIN = timedelta(seconds=30)
-# Runs for an event are created after it is written; this allows for the writer's clock.
-CLOCK_MARGIN = timedelta(hours=1)
-PAGE = 200  # the API's largest page
 
 RESUME_DESCRIPTION = (
     "Every RESUME_INTERVAL_SECONDS: start send-broadcast-event for each unexpired event written "
@@ -152,42 +136,6 @@ def read_unfinished(settings: Settings) -> list[Unfinished]:
                                   settings.enabled_cbcs)
 
 
-def deployment_id(client: SyncPrefectClient, name: str) -> uuid.UUID | None:
-    try:
-        return client.read_deployment_by_name(name).id
-    except ObjectNotFound:
-        return None
-
-
-def latest_send_runs(client: SyncPrefectClient, send_event: uuid.UUID, events: list[Unfinished]
-                     ) -> dict[uuid.UUID, FlowRun]:
-    """Each event's most recently created send-broadcast-event run, in any state. Only runs
-    expected to start after the oldest event was written are read."""
-    since = min(event.sent_at for event in events) - CLOCK_MARGIN
-    runs = all_flow_runs(client, FlowRunFilter(
-        deployment_id=FlowRunFilterDeploymentId(any_=[send_event]),
-        expected_start_time=FlowRunFilterExpectedStartTime(after_=since),
-    ))
-    latest: dict[uuid.UUID, FlowRun] = {}
-    for event_id, run in for_events(runs, {event.event_id for event in events}):
-        if event_id not in latest or run.created > latest[event_id].created:  # type: ignore[operator]
-            latest[event_id] = run
-    return latest
-
-
-def live_runs(client: SyncPrefectClient, deployments: list[uuid.UUID | None], event_ids: set[uuid.UUID]
-              ) -> dict[uuid.UUID, list[FlowRun]]:
-    """The runs of these deployments in a live state, for each event that has any."""
-    runs = all_flow_runs(client, FlowRunFilter(
-        deployment_id=FlowRunFilterDeploymentId(any_=[d for d in deployments if d is not None]),
-        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=LIVE_STATES)),
-    ))
-    found: dict[uuid.UUID, list[FlowRun]] = {}
-    for event_id, run in for_events(runs, event_ids):
-        found.setdefault(event_id, []).append(run)
-    return found
-
-
 def working_run(client: SyncPrefectClient, runs: list[FlowRun]) -> tuple[FlowRun | None, list[FlowRun]]:
     """The run still working on an event, if any, and the runs nobody started that were moved to
     Crashed for it. Those are taken over only when none of the event's live runs is working."""
@@ -240,33 +188,3 @@ def history(previous: FlowRun | None, crashed: list[FlowRun]) -> str:
     return "; ".join(said + [
         f"{'previous ' if previous is not None and run.id == previous.id else ''}run {run.id} not started "
         f"({state_name(run)} over {NOT_STARTED_WITHIN.total_seconds():g} s), now Crashed" for run in crashed])
-
-
-def all_flow_runs(client: SyncPrefectClient, flow_run_filter: FlowRunFilter) -> Iterator[FlowRun]:
-    offset = 0
-    while True:
-        page = client.read_flow_runs(flow_run_filter=flow_run_filter, sort=FlowRunSort.EXPECTED_START_TIME_ASC,
-                                     limit=PAGE, offset=offset)
-        yield from page
-        if len(page) < PAGE:
-            return
-        offset += PAGE
-
-
-def for_events(runs: Iterable[FlowRun], event_ids: set[uuid.UUID]) -> Iterator[tuple[uuid.UUID, FlowRun]]:
-    """(event id, run) for each run whose `broadcast_event_id` parameter is one of these events."""
-    for run in runs:
-        event_id = as_uuid(run.parameters.get("broadcast_event_id"))
-        if event_id in event_ids:
-            yield event_id, run
-
-
-def as_uuid(value: Any) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        return None
-
-
-def state_name(run: FlowRun) -> str:
-    return run.state.name if run.state is not None else str(run.state_name)

@@ -43,7 +43,7 @@ from deployments.automations import MISSED_HEARTBEATS
 from deployments.bootstrap import bootstrap
 from deployments.prefect_api import CLIENT_SETTINGS, client_settings
 from flows.resume_dispatch import resume_key
-from tasks.provider_limits import RELEASE_RETRY_SECONDS
+from tasks.slot_lease import RELEASE_RETRY_SECONDS
 from tests.conftest import _wait_for_health, backend, throwaway_postgres_database
 from tests.deployments.serving import serving, start_run
 from tests.factories import make_alert
