@@ -78,7 +78,7 @@ from broadcasts.db import get_engine, unit_of_work
 from broadcasts.settings import get_settings
 from deployments.definitions import ALERT_DEPLOYMENTS
 from deployments.prefect_api import client_settings
-from tasks.claim import propose_pending
+from tasks.claim import ClaimRules, DueSoon, Left
 from tasks.provider_limits import ensure_limits
 
 POLL_SECONDS = 1.0
@@ -246,26 +246,19 @@ class Dispatcher:
                 self.offer(run_id)
 
     def _claim(self, client: SyncPrefectClient, run_id: uuid.UUID) -> FlowRun | None:
-        """The run, now Pending and ours; or None if the rules say leave it."""
+        """The run, now Pending and ours; or None if the rules (tasks/claim.py) say leave it."""
         if self._stopping.is_set():
             return None  # claimed now, it could be left Pending when the pool stops
-        run = client.read_flow_run(run_id)
-        if run.deployment_id not in self._flows or run.state is None or run.state.type != StateType.SCHEDULED:
-            return None  # a replayed event of a run already taken, or of another deployment
-        due = run.state.state_details.scheduled_time or run.expected_start_time
-        wait = (due - datetime.now(timezone.utc)).total_seconds() if due else 0
-        if wait > 0:
-            if wait <= SOON.total_seconds():  # e.g. the server's clock slightly ahead of ours
-                timer = threading.Timer(wait, self.offer, args=(run_id,))
-                timer.daemon = True
-                timer.start()
+        decision = ClaimRules(self._flows, SOON).claim(client, run_id)
+        if isinstance(decision, DueSoon):
+            timer = threading.Timer(decision.seconds, self.offer, args=(run_id,))
+            timer.daemon = True
+            timer.start()
             return None
-        claimed = propose_pending(client, run_id)
-        if claimed is None:
-            return None  # another process claimed it first
-        run.state = claimed
-        logger.info("flow run %s (%s) claimed", run.name, run_id)
-        return run
+        if isinstance(decision, Left):
+            return None
+        logger.info("flow run %s (%s) claimed", decision.run.name, run_id)
+        return decision.run
 
     def _poll(self) -> None:
         with get_client(sync_client=True) as client:

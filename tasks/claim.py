@@ -11,17 +11,26 @@ Prefect's worker (`BaseWorker._propose_pending_state`) takes any Pending answer 
 is looser than needed: a Pending another process set carries its transition id, not ours, and is
 left alone (the server answers that proposal ABORT, but the rule here does not rest on that).
 `SyncPrefectClient.set_flow_run_state` draws a fresh transition id inside and does not return it,
-so the proposal is posted here, with an id of our own. The warm dispatcher claims runs with it,
-and so does resume-dispatch before it takes over a run nobody started.
+so the proposal is posted here, with an id of our own. The warm dispatcher claims runs with it
+(`ClaimRules`), and so does resume-dispatch before it takes over a run nobody started.
+
+`ClaimRules` is the warm dispatcher's whole decision (deployments/dispatcher.py says why each rule
+holds): a run is claimed only if it belongs to one of its deployments and, read just before the
+claim, is Scheduled and due. A run due within `soon` is offered again when due; one due later
+announces itself again then. It needs only two client calls, `read_flow_run` and `request`, so a
+fake client can stand in for Prefect when the rules alone are tested.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas import OrchestrationResult
-from prefect.client.schemas.objects import State, StateType
+from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.states import Pending, to_state_create
 
@@ -46,3 +55,42 @@ def propose_pending(client: SyncPrefectClient, run_id: uuid.UUID, transition_id:
     if result.status == SetStateStatus.ACCEPT or state.state_details.transition_id == transition_id:
         return state
     return None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    run: FlowRun  # its state is our Pending
+
+
+@dataclass(frozen=True)
+class DueSoon:
+    seconds: float  # offer it again then
+
+
+@dataclass(frozen=True)
+class Left:
+    why: str
+
+
+class ClaimRules:
+    """Whether a run offered to this process is claimed, and the claim itself."""
+
+    def __init__(self, deployments: Collection[uuid.UUID], soon: timedelta,
+                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+        self.deployments, self.soon, self.now = deployments, soon, now
+
+    def claim(self, client: SyncPrefectClient, run_id: uuid.UUID) -> Claimed | DueSoon | Left:
+        run = client.read_flow_run(run_id)
+        if run.deployment_id not in self.deployments:
+            return Left("not an alert deployment's run")
+        if run.state is None or run.state.type != StateType.SCHEDULED:
+            return Left(f"{run.state.name if run.state else 'no state'}: already taken or ended")
+        due = run.state.state_details.scheduled_time or run.expected_start_time
+        wait = (due - self.now()).total_seconds() if due else 0
+        if wait > 0:  # a server's clock slightly ahead of ours, or a retry planned for later
+            return DueSoon(wait) if wait <= self.soon.total_seconds() else Left(f"due in {wait:.1f} s")
+        claimed = propose_pending(client, run_id)
+        if claimed is None:
+            return Left("another process claimed it first")
+        run.state = claimed
+        return Claimed(run)
