@@ -4,6 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
+# Most tests wait (retry delays, heartbeats, a server starting): test files run on WORKERS
+# processes at once, each with its own databases, Prefect server and simulator.
+WORKERS ?= 2
+PARALLEL := -n $(WORKERS) --dist loadfile
 
 .PHONY: install demo demo-ui ha-demo test test-sqlite test-postgresql test-ha bench clean
 
@@ -27,10 +31,10 @@ ha-demo: install
 test: test-sqlite test-postgresql
 
 test-sqlite: install
-	TEST_DATABASE=sqlite $(PY) -m pytest $(PYTEST_ARGS)
+	TEST_DATABASE=sqlite $(PY) -m pytest $(PARALLEL) $(PYTEST_ARGS)
 
 test-postgresql: install
-	TEST_DATABASE=postgresql TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest $(PYTEST_ARGS)
+	TEST_DATABASE=postgresql TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest $(PARALLEL) $(PYTEST_ARGS)
 
 test-ha: install
 	TEST_DATABASE=postgresql TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest tests/ha -m ha -s $(PYTEST_ARGS)

@@ -5,9 +5,11 @@ and drops it at the end."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -38,11 +40,28 @@ def backend() -> str:
 # it is marked `sqlite`: its behaviour differs on the SQLite app database.
 PREFECT_SERVER_FIXTURES = frozenset({"prefect_server", "scheduling_server"})
 _left_to_postgresql = pytest.StashKey[int]()
+_prefect_home = pytest.StashKey[str]()
 
 
 def needs_prefect_server(item: pytest.Item) -> bool:
     fixtures = set(getattr(item, "fixturenames", ()))
     return bool(fixtures & PREFECT_SERVER_FIXTURES) or item.get_closest_marker("prefect") is not None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test` runs two workers) each worker gets a Prefect home of its
+    own: a one-off command's temporary Prefect server keeps its SQLite database there, and two
+    workers migrating one database at once would collide."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        home = tempfile.mkdtemp(prefix=f"broadcasts-tests-{worker}-prefect-")
+        config.stash[_prefect_home] = home
+        os.environ["PREFECT_HOME"] = home
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if home := config.stash.get(_prefect_home, None):
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
