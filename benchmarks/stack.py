@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, text
 
 from deployments import server as prefect_server
 # The test suite's helpers (dev extra, as `make bench` installs).
-from tests.conftest import throwaway_postgres_database
+from tests.support.postgres import throwaway_postgres_database
 from tests.support.processes import (
     BROADCASTS, ROOT, Process, StackError, clean_environ, free_port, wait_for_http,
 )

@@ -6,29 +6,20 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine
 
 from broadcasts import settings as settings_module
-from broadcasts.db import driver_url, get_engine
+from broadcasts.db import get_engine
 from broadcasts.migrate import upgrade
-from tests.support.processes import free_port
+from tests.support.postgres import throwaway_postgres_database
+from tests.support.prefect_server import PrefectServer, running
 
 pytest_plugins = ["tests.simulator_fixture"]
-
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-
 
 def backend() -> str:
     return os.environ.get("TEST_DATABASE", "sqlite")
@@ -145,27 +136,6 @@ def configure(environment: dict[str, str], monkeypatch: pytest.MonkeyPatch):  # 
     settings_module.get_settings.cache_clear()
 
 
-def postgres_server_url() -> str:
-    return os.environ.get("TEST_DATABASE_URL", DEFAULT_POSTGRES_URL)
-
-
-@contextmanager
-def throwaway_postgres_database(prefix: str, server_url: str | None = None) -> Iterator[str]:
-    """A fresh database on `server_url` (default: the test PostgreSQL server), dropped afterwards;
-    yields its URL. The benchmarks use it too."""
-    server_url = server_url or postgres_server_url()
-    admin = create_engine(driver_url(server_url), isolation_level="AUTOCOMMIT")
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{server_url.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @pytest.fixture(scope="session")
 def prefect_server(environment: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prefect server for the session, backed by PostgreSQL (Prefect's SQLite backend
@@ -173,52 +143,18 @@ def prefect_server(environment: dict[str, str], tmp_path_factory: pytest.TempPat
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with throwaway_postgres_database("prefect_test") as url:
-        port = free_port()
-        log = tmp_path_factory.mktemp("prefect") / "server.log"
-        env = {
-            **os.environ,
-            "PREFECT_SERVER_DATABASE_CONNECTION_URL": url.replace("postgresql://", "postgresql+asyncpg://", 1),
-            "PREFECT_HOME": str(log.parent),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        }
-        env.pop("PREFECT_API_URL", None)
-        with open(log, "w") as output:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                 "--port", str(port), "--no-scheduler", "--no-late-runs", "--no-ui", "--analytics-off"],
-                env=env, stdout=output, stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: the API runs in a child process
-            )
-        api = f"http://127.0.0.1:{port}/api"
-        try:
-            _wait_for_health(api, process, log)
-            os.environ["PREFECT_API_URL"] = api  # for subprocesses the tests start
-            with temporary_settings(updates={PREFECT_API_URL: api}):
-                yield api
-        finally:
-            from prefect.logging.handlers import APILogHandler
-
-            APILogHandler().flush()  # send the last run logs while the server still listens
-            os.environ.pop("PREFECT_API_URL", None)
-            os.killpg(process.pid, signal.SIGTERM)
+        server = PrefectServer(tmp_path_factory.mktemp("prefect"), os.environ,
+                               ["--no-scheduler", "--no-late-runs", "--no-ui"], database_url=url)
+        with running(server):
             try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                os.environ["PREFECT_API_URL"] = server.api  # for subprocesses the tests start
+                with temporary_settings(updates={PREFECT_API_URL: server.api}):
+                    yield server.api
+            finally:
+                from prefect.logging.handlers import APILogHandler
 
-
-def _wait_for_health(api: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    pytest.fail(f"the Prefect server did not become healthy:\n{log.read_text()[-3000:]}")
+                APILogHandler().flush()  # send the last run logs while the server still listens
+                os.environ.pop("PREFECT_API_URL", None)
 
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,8 @@ from broadcasts.models import (
     Service,
     utcnow,
 )
-from tests.conftest import backend, throwaway_postgres_database
+from tests.conftest import backend
+from tests.support.postgres import throwaway_postgres_database
 from tests.factories import SQUARE, make_alert
 
 CONTRACT_TABLES = {

@@ -26,9 +26,11 @@ PROVIDERS = ["ee", "three", "o2", "vodafone"]
 
 
 def test_bootstrap_twice_creates_then_finds_the_same_pool_queues_and_limits():
+    # Another test on this server may have bootstrapped first, with other settings (its automation
+    # then "had changed"): what the first run did is settled, the second must find all of it.
     first = bootstrap(PROVIDERS)
     second = bootstrap(PROVIDERS)
-    assert [s.what for s in first] == [s.what for s in second]
+    assert [s.what.removesuffix(" (it had changed)") for s in first] == [s.what for s in second]
     assert not any(s.created for s in second), [str(s) for s in second]
     with get_client(sync_client=True) as client:
         assert client.read_work_pool(names.WORK_POOL).type == "process"

@@ -18,7 +18,8 @@ from sqlalchemy import make_url
 
 from broadcasts.db import get_engine
 from broadcasts.migrate import alembic_config, upgrade
-from tests.conftest import PROJECT_ROOT, backend, throwaway_postgres_database
+from tests.conftest import PROJECT_ROOT, backend
+from tests.support.postgres import throwaway_postgres_database
 
 BROADCASTS = str(Path(sys.executable).with_name("broadcasts"))
 EVENT = str(uuid.uuid4())

@@ -15,11 +15,12 @@ from fastapi.testclient import TestClient
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
 from broadcasts.settings import get_settings
-from deployments.server import command, server_environment
+from deployments.server import server_environment
 from deployments.webhook import create_app
-from tests.conftest import PROJECT_ROOT, _wait_for_health, backend, throwaway_postgres_database
+from tests.conftest import PROJECT_ROOT, backend
+from tests.support.prefect_server import PrefectServer, running
+from tests.support.postgres import throwaway_postgres_database
 from tests.deployments.serving import serving
-from tests.support.processes import free_port
 
 AUTH = "operator:correct-horse-battery-staple"
 pytestmark = pytest.mark.skipif(backend() != "postgresql", reason="the production setup (PostgreSQL for "
@@ -30,22 +31,10 @@ pytestmark = pytest.mark.skipif(backend() != "postgresql", reason="the productio
 def guarded_api(environment, tmp_path_factory) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """A Prefect server (on PostgreSQL) started as `broadcasts server` starts it, with auth on."""
     with throwaway_postgres_database("prefect_auth") as url:
-        port, log = free_port(), tmp_path_factory.mktemp("auth") / "server.log"
-        env = server_environment({
-            **os.environ, "PREFECT_HOME": str(log.parent), "PREFECT_SERVER_API_AUTH_STRING": AUTH,
-            "PREFECT_SERVER_DATABASE_CONNECTION_URL": url.replace("postgresql://", "postgresql+asyncpg://", 1),
-        })
-        env.pop("PREFECT_API_URL", None)
-        with open(log, "w") as output:
-            process = subprocess.Popen(command("127.0.0.1", port, ui=False), env=env, stdout=output,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            api = f"http://127.0.0.1:{port}/api"
-            _wait_for_health(api, process, log)  # /health answers without auth
-            yield api
-        finally:
-            os.killpg(process.pid, 15)
-            process.wait(20)
+        server = PrefectServer(tmp_path_factory.mktemp("auth"), server_environment({
+            **os.environ, "PREFECT_SERVER_API_AUTH_STRING": AUTH}), database_url=url)
+        with running(server):  # /health answers without auth
+            yield server.api
 
 
 def cli(api: str, *args: str, auth: str | None) -> subprocess.CompletedProcess[str]:

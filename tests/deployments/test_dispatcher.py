@@ -26,7 +26,8 @@ from deployments.definitions import register_alert_deployments
 from tests.conftest import PROJECT_ROOT, backend
 from tests.deployments.serving import BROADCASTS, start_run, wait_for_runs
 from tests.factories import make_alert
-from tests.flows.helpers import calls_for, eventually, prefect_events, statuses
+from tests.flows.helpers import calls_for, prefect_events, statuses
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "alert_deployments")
 PROVIDERS = ["ee", "three", "o2", "vodafone"]

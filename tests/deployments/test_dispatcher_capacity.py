@@ -15,7 +15,8 @@ from deployments.dispatcher import dispatching
 from deployments.definitions import register_alert_deployments
 from tests.deployments.serving import start_run, wait_for_runs
 from tests.factories import make_event, make_message, make_service
-from tests.flows.helpers import eventually, statuses
+from tests.flows.helpers import statuses
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "alert_deployments")
 

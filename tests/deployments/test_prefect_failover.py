@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from deployments.prefect_failover import Forwarder, parse_replicas
-from tests.conftest import PROJECT_ROOT, _wait_for_health
+from tests.conftest import PROJECT_ROOT
+from tests.support.prefect_server import PrefectServer, running
 from tests.support.processes import free_port
 
 # Nothing here reads or writes the app database: the SQLite pass leaves it to the PostgreSQL pass.
@@ -61,24 +61,10 @@ def prefect_client(api: str) -> Iterator:  # type: ignore[type-arg]
         yield client
 
 
-@contextmanager
-def sqlite_prefect_server(home: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    """A Prefect API (no services) on its own SQLite database; yields its URL and process."""
-    home.mkdir()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    with open(home / "server.log", "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
-             "--no-services", "--no-ui"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield f"http://127.0.0.1:{port}/api", process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(15)
+def sqlite_prefect_server(home: Path) -> PrefectServer:
+    """A Prefect API (no services) on its own SQLite database."""
+    return PrefectServer(home, {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+                         ["--no-services", "--no-ui"])
 
 
 def test_a_forwarder_in_front_of_a_dead_port_and_a_live_server_answers_health(prefect_server):
@@ -87,17 +73,15 @@ def test_a_forwarder_in_front_of_a_dead_port_and_a_live_server_answers_health(pr
 
 
 def test_a_prefect_client_goes_on_through_the_second_server_when_the_first_is_killed(tmp_path):
-    with (sqlite_prefect_server(tmp_path / "a") as (a, a_process),
-          sqlite_prefect_server(tmp_path / "b") as (b, b_process)):
-        _wait_for_health(a, a_process, tmp_path / "a" / "server.log")
-        _wait_for_health(b, b_process, tmp_path / "b" / "server.log")
+    with (running(sqlite_prefect_server(tmp_path / "a")) as server_a,
+          running(sqlite_prefect_server(tmp_path / "b")) as server_b):
+        a, b = server_a.api, server_b.api
         before, after = f"before-{uuid.uuid4().hex}", f"after-{uuid.uuid4().hex}"
         with forwarder_to(a, b) as api, prefect_client(api) as client:
             client.create_flow_from_name(before)
             with prefect_client(a) as on_a:
                 assert on_a.read_flow_by_name(before).name == before
-            os.killpg(a_process.pid, signal.SIGKILL)
-            a_process.wait(15)
+            server_a.kill()
             # The same client, whose kept-alive connection went to A.
             client.create_flow_from_name(after)
         with prefect_client(b) as on_b:

@@ -13,10 +13,8 @@ import http.server
 import logging
 import os
 import select
-import signal
 import socket
 import socketserver
-import subprocess
 import threading
 import time
 import uuid
@@ -37,9 +35,9 @@ from deployments import webhook
 from flows.send_broadcast_event import idempotency_key
 from deployments import server as broadcasts_server
 from deployments.trigger import post_event
-from tests.conftest import _wait_for_health
 from tests.factories import make_alert
 from tests.support.asgi import serving_app
+from tests.support.prefect_server import PrefectServer, running
 from tests.support.processes import free_port
 
 pytestmark = [pytest.mark.prefect, pytest.mark.postgres]
@@ -54,26 +52,12 @@ def sqlite_prefect(environment, tmp_path_factory) -> Iterator[str]:  # type: ign
     """A Prefect server of this module's own on SQLite, with send-broadcast-event deployed."""
     from flows.send_broadcast_event import send_broadcast_event
 
-    home = tmp_path_factory.mktemp("sqlite-prefect")
-    port = free_port()
     own = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}  # no PostgreSQL URL
-    env = broadcasts_server.server_environment({**own, "PREFECT_HOME": str(home)})
-    log = home / "server.log"
-    with open(log, "w") as output:
-        process = subprocess.Popen(broadcasts_server.command("127.0.0.1", port, ui=False), env=env, stdout=output,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        _wait_for_health(api, process, log)
-        with temporary_settings(updates={PREFECT_API_URL: api}):
+    server = PrefectServer(tmp_path_factory.mktemp("sqlite-prefect"), broadcasts_server.server_environment(own))
+    with running(server):
+        with temporary_settings(updates={PREFECT_API_URL: server.api}):
             send_broadcast_event.to_deployment(name="send-broadcast-event").apply()
-        yield api
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        yield server.api
 
 
 class _Listener(socketserver.ThreadingTCPServer):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -44,11 +43,13 @@ from deployments.bootstrap import bootstrap
 from deployments.prefect_api import CLIENT_SETTINGS, client_settings
 from flows.resume_dispatch import resume_key
 from tasks.slot_lease import RELEASE_RETRY_SECONDS
-from tests.conftest import _wait_for_health, backend, throwaway_postgres_database
+from tests.conftest import backend
+from tests.support.prefect_server import PrefectServer
+from tests.support.postgres import throwaway_postgres_database
 from tests.deployments.serving import serving, start_run
 from tests.factories import make_alert
-from tests.flows.helpers import eventually, prefect_events, statuses
-from tests.support.processes import free_port
+from tests.flows.helpers import prefect_events, statuses
+from tests.support.polling import eventually, wait_until
 
 pytestmark = [
     pytest.mark.faults, pytest.mark.prefect, pytest.mark.simulator,
@@ -68,37 +69,6 @@ HANG_SECONDS = 90  # a proxy that has not answered by the kill
 RETRY_SCALE = 60  # the first retry waits 60 s: the kill comes during it, after the second heartbeat
 
 
-class PrefectServer:
-    """`broadcasts server`'s Prefect server on its own PostgreSQL database, restartable on its port."""
-
-    def __init__(self, url: str, home: Path) -> None:
-        self.port = free_port()
-        self.api = f"http://127.0.0.1:{self.port}/api"
-        self.log = home / "server.log"
-        self.env = server.server_environment({
-            **os.environ,
-            "PREFECT_SERVER_DATABASE_CONNECTION_URL": url.replace("postgresql://", "postgresql+asyncpg://", 1),
-            "PREFECT_HOME": str(home),
-        })
-        self.env.pop("PREFECT_API_URL", None)
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self.log, "a") as output:
-            self.process = subprocess.Popen(server.command("127.0.0.1", self.port, ui=False), env=self.env,
-                                            stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-        _wait_for_health(self.api, self.process, self.log)
-
-    def stop(self) -> None:
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
-
-
 @pytest.fixture(scope="module")
 def scheduling_server(environment: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     """A Prefect server started as `broadcasts server` starts it, with its scheduler, on a
@@ -106,7 +76,9 @@ def scheduling_server(environment: dict[str, str], tmp_path_factory: pytest.Temp
     bootstrapped at once, as a production server long has been when a process dies: a run that
     starts within seconds of its automation's creation may beat the server loading it."""
     with throwaway_postgres_database("prefect_recovery") as url:
-        prefect = PrefectServer(url, tmp_path_factory.mktemp("prefect-recovery"))
+        # `broadcasts server`'s settings, its scheduler included
+        prefect = PrefectServer(tmp_path_factory.mktemp("prefect-recovery"), server.server_environment(os.environ),
+                                database_url=url)
         saved = os.environ.get("PREFECT_API_URL")
         try:
             prefect.start()
@@ -162,14 +134,15 @@ def test_serve_killed_at_every_point_of_a_send_finishes_every_network_with_its_f
 
     with serving() as served:
         run_id = start_run(event_id)
-        wait_until(at_every_point, 120, "every network at its kill point", served.text)
+        wait_until(at_every_point, 120, "every network at its kill point",
+                   lambda: served.text()[-5000:], every=0.5)
         # The worst moment: resume-dispatch itself claimed by this process and not yet running,
         # so it has sent no heartbeat. Any moment within three's first retry wait will do.
         caught = bool(eventually(lambda: resume_runs_in("PENDING"), 15, every=0.2))
         # A run that has been beating: its second heartbeat, 30 s in, starts the automation's watch
         # even if the server had not yet loaded the new automation for the first (seen in CI).
         wait_until(lambda: heartbeats(run_id, began) >= 2, HEARTBEAT_SECONDS + 15, "the run's second heartbeat",
-                   lambda: runs_summary(began))
+                   lambda: runs_summary(began), every=0.5)
         assert at_every_point(), sim.invocations()
         before = sim.invocations()
         vodafone_identifier = str(statuses(db, event_id)["vodafone"].identifier)
@@ -194,7 +167,7 @@ def test_serve_killed_at_every_point_of_a_send_finishes_every_network_with_its_f
 
     with serving() as served:
         wait_until(lambda: all_acknowledged(db, event_id), 240,
-                   "every network to acknowledge", lambda: served.text()[-3000:] + runs_summary(began))
+                   "every network to acknowledge", lambda: served.text()[-3000:] + runs_summary(began), every=0.5)
 
     calls = sim.invocations()
     after = [c for c in calls if parse(c["received_at"]) > killed_at and c["outcome"] == "ok"]
@@ -242,7 +215,8 @@ def test_database_connections_killed_and_prefect_restarted_mid_dispatch_lose_not
     with serving() as served:
         for event_id in events:
             start_run(event_id)
-        wait_until(lambda: len(sim.invocations()) >= 6, 120, "the sends to be under way", served.text)
+        wait_until(lambda: len(sim.invocations()) >= 6, 120, "the sends to be under way",
+                   lambda: served.text()[-5000:], every=0.5)
         killed = terminate_connections(db)
         calls_at_fault = len(sim.invocations())
         scheduling_server.stop()
@@ -251,7 +225,7 @@ def test_database_connections_killed_and_prefect_restarted_mid_dispatch_lose_not
         time.sleep(RELEASE_RETRY_SECONDS + 2)
         scheduling_server.start()
         wait_until(lambda: all(all_acknowledged(db, e) for e in events), 300, "every event to be acknowledged",
-                   lambda: served.text()[-3000:] + runs_summary(datetime.fromtimestamp(0, timezone.utc)))
+                   lambda: served.text()[-3000:] + runs_summary(datetime.fromtimestamp(0, timezone.utc)), every=0.5)
         acknowledged = time.monotonic()
         eventually(lambda: not any(slots_held().values()), 10, every=0.2)  # each send gives its slot back in the background
         held, freed_after = slots_held(), time.monotonic() - acknowledged
@@ -331,13 +305,6 @@ def sent_as(call: dict) -> tuple[str, str | None]:
 def all_acknowledged(engine: Engine, event_id: uuid.UUID) -> bool:
     found = statuses(engine, event_id)
     return all(p in found and found[p].status == "returned-ack" for p in PROVIDERS)
-
-
-def wait_until(condition, timeout: float, what: str, output) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}; serve said:\n{output()[-5000:]}"
-        time.sleep(0.5)
 
 
 def utcnow() -> datetime:

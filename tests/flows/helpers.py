@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextvars
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -19,14 +18,6 @@ from broadcasts.payloads import cap_time
 from broadcasts.status import ProviderStatus, event_status
 from flows.send_broadcast_event import send_broadcast_event
 from flows.send_provider_message import send_provider_message
-
-
-def eventually(condition: Callable[[], Any], timeout: float, every: float = 0.05) -> Any:
-    """Polls `condition` until it is truthy or `timeout` passes; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while not (found := condition()) and time.monotonic() < deadline:
-        time.sleep(every)
-    return found
 
 
 def in_thread(target: Callable[[], Any]) -> threading.Thread:

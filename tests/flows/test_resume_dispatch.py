@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -32,7 +32,9 @@ from broadcasts.models import RETURNED_ACK, BroadcastEvent, utcnow
 from broadcasts.providers import get_provider
 from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT, idempotency_key
 from flows.resume_dispatch import NOT_STARTED_WITHIN, resume_dispatch, take_over
-from tests.conftest import backend, throwaway_postgres_database
+from tests.conftest import backend
+from tests.support.polling import wait_until
+from tests.support.postgres import throwaway_postgres_database
 from tests.deployments.serving import serving, start_run, wait_for_runs
 from tests.factories import make_alert, make_event, make_message, make_service
 from tests.flows.helpers import in_thread, statuses
@@ -144,13 +146,6 @@ def under_way(engine: Engine, event_id: uuid.UUID, *providers: str, acknowledged
                 dao.append_status(session, message, RETURNED_ACK, route=f"{provider}-1-proxy", attempt=1)
             found[provider] = message.id
         return found
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def resume_lines(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -39,6 +39,7 @@ from tests.factories import make_event, make_message, make_service
 from tests.flows.helpers import provider_message_count, statuses
 from tests.simulator_fixture import SimulatorClient
 from tests.support.ha_stack import DISPATCHERS, REPLICAS, HAStack
+from tests.support.polling import wait_until
 
 pytestmark = [
     pytest.mark.ha, pytest.mark.faults,
@@ -168,17 +169,6 @@ class Burst:
                 assert len(running) <= 1, f"run {run.name} ({run.id}) entered Running {len(running)} times"
 
 
-def _eventually(found: Callable[[], Any], timeout: float, what: str,
-                explain: Callable[[], str] | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = found()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"waited {timeout} s for {what}" + (f"\n{explain()}" if explain else ""))
-
-
 def _what_happened(ha: HAStack, event_ids: list[str], parts: tuple[str, ...]) -> str:
     """For a failure's message: the states of the events' runs and of the latest resume-dispatch
     runs, and the last lines of some parts' output."""
@@ -253,7 +243,7 @@ def test_sigkill_one_dispatcher_holding_a_claimed_run(ha: HAStack) -> None:
     killed: list[str] = []
 
     def kill_once_one_has_claimed() -> None:
-        killed.append(_eventually(lambda: next((name for name in DISPATCHERS
+        killed.append(wait_until(lambda: next((name for name in DISPATCHERS
                                                 if ") claimed" in ha.processes[name].output()[seen[name]:]), None),
                                   30, "a dispatcher to claim a run of the burst"))
         ha.kill(killed[0])
@@ -289,15 +279,15 @@ def test_a_dispatcher_killed_mid_send_is_marked_crashed_once_and_resumed_once(ha
     simulator.fault("ee-1-proxy", hang=True, times=1)  # never answered
     burst.post(alert, "webhook-1")
     run_id = burst.answers[alert][1]["flow_run_id"]
-    owner = _eventually(lambda: next((name for name in ("dispatcher-1", "dispatcher-2")
+    owner = wait_until(lambda: next((name for name in ("dispatcher-1", "dispatcher-2")
                                       if f"({run_id}) claimed" in ha.processes[name].output()), None),
                         30, f"a dispatcher to claim run {run_id}")
-    _eventually(lambda: any(c["function"] == "ee-1-proxy" and c["outcome"] == "hang"
+    wait_until(lambda: any(c["function"] == "ee-1-proxy" and c["outcome"] == "hang"
                             for c in simulator.invocations()[earlier:]), 30, "ee's call to be under way")
     # The other three recorded first: a kill between a network's answer and its record would send
     # that network the same identifier again (correct, and tests/faults/test_recovery.py covers it),
     # which the once-only check here would count against it.
-    _eventually(lambda: all(statuses(burst.engine, alert).get(p) is not None
+    wait_until(lambda: all(statuses(burst.engine, alert).get(p) is not None
                             and statuses(burst.engine, alert)[p].status == "returned-ack"
                             for p in ("three", "o2", "vodafone")), 30, "the other networks' acknowledgements")
     ha.kill(owner)
@@ -306,7 +296,7 @@ def test_a_dispatcher_killed_mid_send_is_marked_crashed_once_and_resumed_once(ha
         # The update goes once the alert is back: posted now, it would wait behind the alert with
         # the retry schedule's growing waits (up to 128 s more after the 2 minutes of recovery).
         survivor = next(name for name in DISPATCHERS if name != owner)
-        _eventually(lambda: {s.status for s in statuses(burst.engine, alert).values()} == {"returned-ack"},
+        wait_until(lambda: {s.status for s in statuses(burst.engine, alert).values()} == {"returned-ack"},
                     SETTLE_SECONDS, f"alert {alert} to be acknowledged by every network",
                     lambda: f"{statuses(burst.engine, alert)}\n" + _what_happened(ha, [str(alert)], ("services", survivor)))
         burst.post(update, "webhook-2")

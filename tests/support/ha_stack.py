@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deployments import server as prefect_server
-from tests.conftest import throwaway_postgres_database
+from tests.support.postgres import throwaway_postgres_database
 from tests.support.processes import (
     BROADCASTS, ROOT, Process, StackError, clean_environ, free_port, wait_for_http,
 )

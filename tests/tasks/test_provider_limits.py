@@ -23,7 +23,8 @@ from tasks.provider_limits import SLOT_STUCK_EVENT, ensure_limits, limit_name, p
 from tasks.slot_api import holder_record_name
 from tests.conftest import PROJECT_ROOT
 from tests.factories import make_alert
-from tests.flows.helpers import eventually, in_thread, prefect_events, run_event, statuses
+from tests.flows.helpers import in_thread, prefect_events, run_event, statuses
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -22,7 +22,8 @@ from broadcasts.settings import get_settings
 from tasks.provider_limits import ensure_limits, limit_name, provider_slot, slot_wait_seconds
 from tasks.slot_api import CALL_TIMEOUT_SECONDS
 from tests.factories import make_alert
-from tests.flows.helpers import eventually, in_thread, statuses
+from tests.flows.helpers import in_thread, statuses
+from tests.support.polling import eventually
 from tests.tasks.prefect_door import PrefectDoor
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
