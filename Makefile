@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 # Most tests wait (retry delays, heartbeats, a server starting): test files run on WORKERS
 # processes at once, each with its own databases, Prefect server and simulator.
-WORKERS ?= 2
+WORKERS ?= 3
 PARALLEL := -n $(WORKERS) --dist loadfile
 
 .PHONY: install demo demo-ui ha-demo test test-sqlite test-postgresql test-ha bench clean

@@ -17,7 +17,6 @@ from tests.broadcasts.test_dispatch_records import fail_both_routes
 from tests.factories import make_alert, make_event, make_message, make_service
 from tests.flows.helpers import (
     calls_for,
-    eventually,
     finishes_at,
     in_thread,
     prefect_events,
@@ -25,6 +24,7 @@ from tests.flows.helpers import (
     run_event,
     statuses,
 )
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 SCALE = 0.1
