@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 # Most tests wait (retry delays, heartbeats, a server starting): test files run on WORKERS
-# processes at once, each with its own databases, Prefect server and simulator.
-WORKERS ?= 3
+# processes at once, each with its own databases, Prefect server and simulator. Three exhausted
+# PostgreSQL's 100 connections (the HA stack alone runs seven Prefect and app clients).
+WORKERS ?= 2
 PARALLEL := -n $(WORKERS) --dist loadfile
 
 .PHONY: install demo demo-ui ha-demo test test-sqlite test-postgresql test-ha bench clean

@@ -55,20 +55,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(home, ignore_errors=True)
 
 
-# The files that wait longest (heartbeat silences, 30 s takeovers), started first: the workers
-# (pytest-xdist, one file at a time) then finish together instead of one waiting for the last
-# slow file to start.
-SLOW_FILES = ("tests/ha/", "tests/faults/test_recovery.py", "tests/flows/test_resume_dispatch.py",
-              "tests/deployments/test_operator_alerts.py")
-
-
-def _slowness(item: pytest.Item) -> int:
-    path = item.nodeid.split("::", 1)[0]
-    return next((rank for rank, slow in enumerate(SLOW_FILES) if path.startswith(slow)), len(SLOW_FILES))
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    items.sort(key=_slowness)  # stable: each file's own order is kept
     if backend() != "sqlite":
         return
     kept, left = [], []
