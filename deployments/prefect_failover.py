@@ -8,6 +8,8 @@ than teach each of them a list, the process listens on 127.0.0.1:<free port>, po
 
 - A new connection goes to the first replica, in list order, not marked down. A connect that
   fails (or takes over 1 s) marks that replica down, and the next one is tried.
+- Both hops send at once (TCP_NODELAY): with Nagle on, each API call waited for a delayed ACK
+  before the second half of its answer, 0.2 s of the HA stack's 0.56 s to the 4th network.
 - A connection whose replica dies is dropped, not moved: nothing is replayed here. Prefect's
   client retries the request on a new connection and the subscriber reconnects, and both then
   reach a live replica.
@@ -123,6 +125,7 @@ class Forwarder:
             except OSError:
                 return  # closed by stop()
             client.settimeout(None)
+            _no_delay(client)
             threading.Thread(target=self._serve, args=(client,), name="prefect-failover-connection",
                              daemon=True).start()
 
@@ -153,6 +156,7 @@ class Forwarder:
                 self._mark(replica, answering=False, why=str(error) or type(error).__name__)
                 continue
             upstream.settimeout(None)
+            _no_delay(upstream)
             return upstream
         return None
 
@@ -201,6 +205,13 @@ class Forwarder:
         elif changed:
             logger.warning("the Prefect API replica %s is not answering (%s): new connections go to the next one",
                            replica.url, why)
+
+
+def _no_delay(sock: socket.socket) -> None:
+    """Bytes go on as they come. With Nagle's algorithm on, the second of two small writes (an
+    answer's body after its headers) waits for the first one's ACK, which the far side delays by
+    up to 40 ms: once per hop, on every API call."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 @contextmanager

@@ -22,6 +22,7 @@ import pytest
 
 from deployments.prefect_failover import Forwarder, parse_replicas
 from tests.conftest import PROJECT_ROOT
+from tests.support.polling import eventually
 from tests.support.prefect_server import PrefectServer, running
 from tests.support.processes import free_port
 
@@ -170,6 +171,24 @@ def test_a_connection_whose_replica_goes_away_is_dropped():
                 accepted, _ = replica.accept()
                 accepted.close()
                 assert client.recv(1) == b""  # the end, not a connection left hanging
+
+
+def test_both_sockets_of_a_forwarded_connection_send_at_once():
+    """TCP_NODELAY on both hops: with Nagle on, every API call through the forwarder waited for a
+    delayed ACK (up to 40 ms) before the second half of its answer."""
+    with socket.create_server(("127.0.0.1", 0)) as replica:
+        replicas, path = parse_replicas(f"http://127.0.0.1:{replica.getsockname()[1]}/api")
+        forwarder = Forwarder(replicas, health_path=f"{path}/health")
+        forwarder.start()
+        try:
+            with socket.create_connection(("127.0.0.1", forwarder.port), timeout=10):
+                accepted, _ = replica.accept()
+                with accepted:
+                    opened = eventually(lambda: list(forwarder._open), 5)
+                    assert len(opened) == 2, opened
+                    assert all(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for sock in opened)
+        finally:
+            forwarder.stop()
 
 
 @pytest.mark.parametrize(("urls", "says"), [
