@@ -21,6 +21,7 @@ from tests.support.prefect_server import PrefectServer, running
 
 pytest_plugins = ["tests.simulator_fixture"]
 
+
 def backend() -> str:
     return os.environ.get("TEST_DATABASE", "sqlite")
 
