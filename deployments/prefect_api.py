@@ -133,7 +133,9 @@ def wait_for_run(run_id: uuid.UUID, timeout_seconds: float = 600) -> tuple[Any, 
     with get_client(sync_client=True) as client:
         while not (state := client.read_flow_run(run_id).state).is_final() and time.monotonic() < deadline:
             time.sleep(0.5)
-    return state, f"{PREFECT_UI_URL.value()}/runs/flow-run/{run_id}"
+    from deployments import prefect_failover
+
+    return state, f"{prefect_failover.ui_url() or PREFECT_UI_URL.value()}/runs/flow-run/{run_id}"
 
 
 @contextmanager

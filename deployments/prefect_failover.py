@@ -196,6 +196,11 @@ class Forwarder:
         finally:
             connection.close()
 
+    def first_answering(self) -> Replica:
+        """The replica new connections go to now: the first not marked down (else the first)."""
+        with self._lock:
+            return next((r for r in self.replicas if r not in self._down), self.replicas[0])
+
     def _mark(self, replica: Replica, answering: bool, why: str) -> None:
         with self._lock:
             changed = (replica in self._down) == answering
@@ -214,14 +219,34 @@ def _no_delay(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+_active: tuple[Forwarder, str | None] | None = None  # this process's forwarder, the operator's PREFECT_UI_URL
+
+
+def ui_url() -> str | None:
+    """Where a link to a run should point while replicas are forwarded: the operator's
+    PREFECT_UI_URL, else the UI of the first replica answering now (a replica that died since
+    the process started would show a dead page). None without a forwarder."""
+    if _active is None:
+        return None
+    forwarder, operators = _active
+    return operators or _ui_of(forwarder.first_answering())
+
+
+def _ui_of(replica: Replica) -> str:
+    return replica.url.rstrip("/").removesuffix("/api")
+
+
 @contextmanager
 def forwarding_prefect_api() -> Iterator[str | None]:
     """With `PREFECT_API_URLS` set: a forwarder to those replicas for the block, and
     `PREFECT_API_URL` pointing at it, whatever it was; yields that URL. Without: yields None and
     changes nothing. Raises BadReplicaList, before starting anything, on a list it cannot use.
 
-    Links to runs name the first replica's UI (unless `PREFECT_UI_URL` is set): the local
-    address is gone when the process ends, and a printed link outlives it."""
+    Links to runs name a replica's UI (unless `PREFECT_UI_URL` is set), not the local address,
+    which is gone when the process ends while a printed link outlives it. Prefect's own links
+    name the first replica's UI; this service's (`ui_url`) the first replica answering when the
+    link is printed."""
+    global _active
     value = os.environ.get("PREFECT_API_URLS")
     if value is None:
         yield None
@@ -230,14 +255,17 @@ def forwarding_prefect_api() -> Iterator[str | None]:
     forwarder = Forwarder(replicas, health_path=f"{path}/health")
     forwarder.start()
     url = f"http://127.0.0.1:{forwarder.port}{path}"
-    ui_url = os.environ.get("PREFECT_UI_URL") or replicas[0].url.rstrip("/").removesuffix("/api")
+    operators_ui = os.environ.get("PREFECT_UI_URL")
+    first_ui = operators_ui or _ui_of(replicas[0])
     previous = {name: os.environ.get(name) for name in ("PREFECT_API_URL", "PREFECT_UI_URL")}
     # For subprocesses, and for Prefect if it is imported later.
-    os.environ.update({"PREFECT_API_URL": url, "PREFECT_UI_URL": ui_url})
+    os.environ.update({"PREFECT_API_URL": url, "PREFECT_UI_URL": first_ui})
+    _active = (forwarder, operators_ui)
     try:
-        with _prefect_settings(url, ui_url):
+        with _prefect_settings(url, first_ui):
             yield url
     finally:
+        _active = None
         send_pending_logs_and_events()
         for name, before in previous.items():
             if before is None:

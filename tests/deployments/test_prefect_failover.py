@@ -229,3 +229,21 @@ def test_the_operator_sees_the_replicas_and_run_links_name_the_first_replicas_ui
         assert PREFECT_UI_URL.value() == os.environ["PREFECT_UI_URL"] == first.removesuffix("/api")
         assert f"Prefect API: replicas {first},{second} (through {url})" in describe(get_settings())
     assert "PREFECT_UI_URL" not in os.environ
+
+
+def test_run_links_name_the_first_replica_still_answering(configure, monkeypatch):
+    """After the first replica dies, a link printed to an operator (`broadcasts trigger --wait`)
+    names a replica that answers; an operator's own PREFECT_UI_URL always wins."""
+    from deployments import prefect_failover
+
+    with named_server("second") as second:
+        configure(PREFECT_API_URLS=f"{dead_url()},{second}")
+        monkeypatch.delenv("PREFECT_UI_URL", raising=False)
+        with prefect_failover.forwarding_prefect_api() as url:
+            assert get(f"{url}/health") == "second"  # the dead first replica is now marked down
+            assert prefect_failover.ui_url() == second.removesuffix("/api")
+        assert prefect_failover.ui_url() is None
+
+        monkeypatch.setenv("PREFECT_UI_URL", "https://prefect.example/ui")
+        with prefect_failover.forwarding_prefect_api():
+            assert prefect_failover.ui_url() == "https://prefect.example/ui"
