@@ -144,6 +144,7 @@ class Dispatcher:
         self.max_held = max(max_held, self.max_runs)
         self.poll_seconds, self.start_seconds = poll_seconds, start_seconds
         self._flows: dict[uuid.UUID, Any] = {}
+        self._rules = ClaimRules(self._flows, SOON)  # reads the deployments as start() finds them
         self._stopping = threading.Event()
         self._held: dict[uuid.UUID, _Held] = {}  # runs being read, claimed or run here
         self._held_lock = threading.Lock()
@@ -249,7 +250,7 @@ class Dispatcher:
         """The run, now Pending and ours; or None if the rules (tasks/claim.py) say leave it."""
         if self._stopping.is_set():
             return None  # claimed now, it could be left Pending when the pool stops
-        decision = ClaimRules(self._flows, SOON).claim(client, run_id)
+        decision = self._rules.claim(client, run_id)
         if isinstance(decision, DueSoon):
             timer = threading.Timer(decision.seconds, self.offer, args=(run_id,))
             timer.daemon = True
