@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from broadcasts import dao, guards, send_lock
+from broadcasts import dao, guards, route_advisor, send_lock
 from broadcasts import dispatch_records as records
 from broadcasts.cbc_proxy import CBCProxy, Delivered
 from broadcasts.db import TRANSIENT_DATABASE_ERRORS, unit_of_work
@@ -77,7 +77,7 @@ class SendResult:
     status: str
     provider_message_id: uuid.UUID
     message_number: int | None
-    route: str | None  # the proxy function that acknowledged, when this run sent it
+    route: str | None  # the route that acknowledged (`ee-1-proxy/cbc_a`), when this run sent it
     sent_now: bool  # False when it was already acknowledged before this run
 
 
@@ -186,19 +186,22 @@ def send_once(
     now: Callable[[], datetime] = utcnow,
     provider_slot: ProviderSlot = nullcontext,
     mode: Mode = Mode(),
+    route_advice_seconds: float = 30.0,
 ) -> SendResult:
     """Send one event to one provider once, or raise why not (see `errors`).
 
     `enabled` is ENABLED_CBCS. `provider_slot` is entered only around the proxy call (the
     orchestrator's per-provider concurrency limit), never while waiting for a retry. `mode` says
     whether this run is an operator's replay (the only run that sends a `technical-failure`
-    message again) and when a wait pages. Every RetryableError raised names the event, the
-    provider and when retrying must stop.
+    message again) and when a wait pages. `route_advice_seconds` is how long the last route that
+    worked is tried first (ROUTE_ADVICE_SECONDS). Every RetryableError raised names the event,
+    the provider and when retrying must stop.
     """
     provider = get_provider(provider_name)
     try:
         try:
-            return _send(engine, proxy, event_id, provider, enabled, headline, now, provider_slot, mode)
+            return _send(engine, proxy, event_id, provider, enabled, headline, now, provider_slot, mode,
+                         route_advice_seconds)
         except TRANSIENT_DATABASE_ERRORS as error:
             raise DatabaseUnavailable(type(error).__name__) from error
         except DispatchError:
@@ -220,6 +223,7 @@ def _send(
     now: Callable[[], datetime],
     provider_slot: ProviderSlot,
     mode: Mode,
+    route_advice_seconds: float,
 ) -> SendResult:
     stop: Exception | None = None
     with unit_of_work(engine) as session:
@@ -242,7 +246,7 @@ def _send(
             raise stop
         if isinstance(ready, SendResult):
             return ready
-        return _attempt(engine, proxy, provider, ready, provider_slot, now, mode)
+        return _attempt(engine, proxy, provider, ready, provider_slot, now, mode, route_advice_seconds)
     except RetryableError as error:
         error.expires_at = expires_at  # retrying must stop when the event expires
         raise
@@ -264,6 +268,7 @@ def _attempt(
     provider_slot: ProviderSlot,
     now: Callable[[], datetime],
     mode: Mode,
+    route_advice_seconds: float,
 ) -> SendResult:
     # The slot first, then the lock: a send waiting for its network holds no database connection,
     # so however many runs wait, at most one connection per network is held through a call. The
@@ -282,13 +287,15 @@ def _attempt(
                 attempt = dao.attempts_so_far(session, message.id) + 1
                 if message.status == TECHNICAL_FAILURE:  # an operator's replay
                     dao.append_status(session, message, SENDING, detail={"reason": "replayed"})
+                routes = route_advisor.ordered_routes(session, provider.name, proxy.routes(provider), now(),
+                                                      route_advice_seconds)
             outcome: Delivered | AllRoutesFailed | None = None  # None: expired before the call
             extra = {"slot_stuck": slot_note} if slot_note else {}
             if not _has_expired(ready, now()):  # waiting for the slot can take a while
                 if not lock.still_held():  # its connection dropped: another run may take it now
                     raise SendLockLost(ready.event_id, provider.name)
                 try:
-                    outcome = proxy.send(provider, ready.payload, deadline=ready.expires_at)
+                    outcome = proxy.send(routes, ready.payload, deadline=ready.expires_at)
                 except AllRoutesFailed as error:
                     outcome = error
                 if not lock.still_held():
@@ -299,9 +306,10 @@ def _attempt(
                 if isinstance(outcome, Delivered):
                     failures = [f.as_dict() for f in outcome.failures]
                     detail = {**extra, **({"failed_routes": failures} if failures else {})}
-                    dao.append_status(session, message, RETURNED_ACK, route=outcome.function, attempt=attempt,
+                    dao.append_status(session, message, RETURNED_ACK, route=outcome.answered_by, attempt=attempt,
                                       detail=detail or None)
-                    return _ack(message, outcome.function, sent_now=True)
+                    route_advisor.record_success(session, provider.name, outcome.route, now())
+                    return _ack(message, outcome.answered_by, sent_now=True)
                 detail: dict[str, Any] = dict(extra)
                 if outcome is not None:
                     detail |= {"error": str(outcome), "failed_routes": outcome.failures}

@@ -2,7 +2,7 @@
 
     DispatchError
     ├── RetryableError            the orchestrator retries (1, 2, 4 … 240 s) until the event expires
-    │   ├── AllRoutesFailed       primary and failover proxy both failed this attempt
+    │   ├── AllRoutesFailed       every route (proxy Lambda, CBC) failed this attempt
     │   ├── EarlierEventPending   an earlier event of the broadcast is not yet acknowledged
     │   │                         (recorded once per earlier event as a `waiting_for` history row;
     │   │                         `page_due` once it has lasted past the longest retry interval)
@@ -62,11 +62,16 @@ class RetryableError(DispatchError):
     answered_at: float | None = None
 
 
+def failed_route_name(failure: dict) -> str:
+    """`ee-1-proxy/cbc_a`; history written before routes had a CBC target names the function only."""
+    return f"{failure['function']}/{failure['cbc_target']}" if failure.get("cbc_target") else failure["function"]
+
+
 class AllRoutesFailed(RetryableError):
     def __init__(self, failures: list[dict]) -> None:
         self.answered_at = time.monotonic()
         self.failures = failures
-        reasons = "; ".join(f"{f['function']}: {f['error']}" for f in failures)
+        reasons = "; ".join(f"{failed_route_name(f)}: {f['error']}" for f in failures)
         super().__init__(f"every route failed ({reasons})")
 
 

@@ -11,7 +11,6 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from broadcasts import dao
-from broadcasts.link_tests import ROUTES
 from broadcasts.models import LinkTestResult
 from broadcasts.providers import PROVIDERS, get_provider
 
@@ -23,7 +22,7 @@ class RouteHistory:
     even when a pass came after it."""
 
     provider: str
-    route: str  # "primary" or "failover"
+    route: str  # "lambda1-cbc_a" …; "primary" or "failover" in results stored before routes had a CBC
     runs: int
     passes: int
     pass_rate: float  # passes / runs, 0.0 to 1.0
@@ -44,7 +43,7 @@ class RouteHistory:
 
 def link_test_history(session: Session, since: datetime, provider: str | None = None) -> list[RouteHistory]:
     """Every (provider, route) with a result at or after `since` (aware UTC), in provider order,
-    primary before failover. Only results in the window count, consecutive failures included.
+    then route name (`lambda1-cbc_a` first). Only results in the window count, consecutive failures included.
     An unknown `provider` raises UnknownProvider."""
     if provider is not None:
         get_provider(provider)
@@ -77,8 +76,7 @@ def _error(result: LinkTestResult) -> str:
     return str((result.detail or {}).get("error") or "failed (no error recorded)")
 
 
-def _route_order(key: tuple[str, str]) -> tuple[int, str, int, str]:
+def _route_order(key: tuple[str, str]) -> tuple[int, str, str]:
     provider, route = key
     order = list(PROVIDERS)
-    return (order.index(provider) if provider in order else len(order), provider,
-            ROUTES.index(route) if route in ROUTES else len(ROUTES), route)
+    return (order.index(provider) if provider in order else len(order), provider, route)

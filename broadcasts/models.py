@@ -294,3 +294,16 @@ class LinkTestResult(Base):
     ok: Mapped[bool] = mapped_column(Boolean)
     detail: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RouteAdvice(Base):
+    """The route advisor: per network, the last route that worked (a send or a link test), which a
+    send tries first while it is fresh (docs/behaviour.md §3). One row per network, overwritten."""
+
+    __tablename__ = "route_advisor"
+    __table_args__ = (one_of("provider", tuple(PROVIDERS)),)
+
+    provider: Mapped[str] = mapped_column(String(255), primary_key=True)
+    lambda_name: Mapped[str] = mapped_column(String(255))  # the proxy function-name suffix, "ee-1-proxy"
+    target: Mapped[str] = mapped_column(String(255))  # "cbc_a" or "cbc_b"
+    updated_at: Mapped[datetime]

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     database_url: str = Field(default_factory=default_database_url)
     cbc_proxy_enabled: bool = True
     enabled_cbcs: Annotated[tuple[str, ...], NoDecode] = DEFAULT_ENABLED_CBCS
+    # The networks whose proxies reach a second CBC (`cbc_b`): four routes each, the others two.
+    cbc_b_providers: Annotated[tuple[str, ...], NoDecode] = DEFAULT_ENABLED_CBCS
+    # How long the last route that worked for a network is tried first (docs/behaviour.md §3).
+    route_advice_seconds: float = Field(default=30.0, ge=0)
     cbc_proxy_endpoint_url: str | None = None
     cbc_proxy_function_prefix: str = ""
     cbc_proxy_connect_timeout: float = Field(default=3.0, gt=0)
@@ -49,7 +53,7 @@ class Settings(BaseSettings):
     resume_interval_seconds: float = Field(default=60.0, gt=0)
     resume_grace_seconds: float = Field(default=30.0, gt=0)
 
-    @field_validator("enabled_cbcs", mode="before")
+    @field_validator("enabled_cbcs", "cbc_b_providers", mode="before")
     @classmethod
     def _split_providers(cls, value: object) -> tuple[str, ...]:
         if isinstance(value, str):

@@ -343,7 +343,7 @@ def link_test_command(
     since: Annotated[str, typer.Option(help="With --history: how far back, e.g. 24h, 7d.")] = "24h",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Test every route (primary and failover, separately) of every enabled provider now, and print
+    """Test every route (each proxy Lambda and CBC, separately) of every enabled provider now, and print
     the table; exit code 1 if a route failed. With --history, each route's pass rate instead."""
     if history:
         return print_link_test_history(provider, since, as_json)

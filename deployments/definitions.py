@@ -41,8 +41,8 @@ SEND_PROVIDER_DESCRIPTION = (
 )
 
 LINK_TESTS_DESCRIPTION = (
-    "Prove every route to every mobile network works: one test message to each provider's primary "
-    "and failover proxy separately, on a schedule (LINK_TEST_CRON). Fails naming the failed routes; "
+    "Prove every route to every mobile network works: one test message on each route (proxy Lambda "
+    "and CBC) of each provider separately, on a schedule (LINK_TEST_CRON). Fails naming the failed routes; "
     "the table artifact 'link-tests' shows each route's result and latency. Never two at once."
 )
 

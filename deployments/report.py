@@ -8,6 +8,7 @@ import json
 import uuid
 from typing import Any
 
+from broadcasts.errors import failed_route_name
 from broadcasts.link_test_history import RouteHistory
 from broadcasts.status import HistoryEntry, ProviderStatus
 
@@ -70,7 +71,7 @@ def history_lines(entry: HistoryEntry) -> list[str]:
         error = error.split("; last attempt")[0] if "; last attempt" in error else error.split(" (")[0]
     parts += [text for text in (detail.get("reason"), error) if text]
     lines = ["  ".join(parts)]
-    lines += [f"    {route['function']}: {route['error']}" for route in routes]
+    lines += [f"    {failed_route_name(route)}: {route['error']}" for route in routes]
     if detail.get("slot_stuck"):
         lines.append(f"    slot: {detail['slot_stuck']}")
     return lines

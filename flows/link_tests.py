@@ -1,6 +1,6 @@
 """link-tests: prove every route of every provider works, one call per route, all in parallel.
 
-Primary and failover are tested separately, with no failover between them (docs/behaviour.md §5).
+Every route (proxy Lambda, CBC) is tested separately, with no failover between them (docs/behaviour.md §5).
 Each call takes its provider's slot like a send, so it never overlaps a call to that network."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def link_tests(providers: list[str] | None = None) -> State:
     except UnknownProvider as error:
         return Failed(message=f"no link test run: {error}", data=[])
 
-    names, routes = routes_of(chosen)
+    names, routes = routes_of(chosen, settings.cbc_b_providers)
     futures = link_test_route.map(names, routes)
     results = [wait_for(name, route, future) for name, route, future in zip(names, routes, futures, strict=True)]
     rows = [result.as_row() for result in results]
@@ -86,7 +86,7 @@ def announce_failing_routes(providers: list[str]) -> None:
                          "consecutive_failures": route.consecutive_failures,
                          "message": f"{route.provider} {route.route} has failed {route.consecutive_failures} "
                                     f"link-test runs in a row (last error: {route.last_error}). Alerts to "
-                                    f"{route.provider} depend on the other route until it is fixed."},
+                                    f"{route.provider} depend on its other routes until it is fixed."},
             )
 
 

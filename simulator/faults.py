@@ -9,10 +9,13 @@ A test registers a fault with `POST /_simulator/faults`:
      "delay_seconds": 1.5,              # wait this long first, then answer (with the fault if any)
      "answer_delay_seconds": 60,        # take the message at once (recorded "ok"), answer this late
      "hang": true,                      # never answer until POST /_simulator/reset
+     "cbc_target": "cbc_a",             # only calls for this CBC; absent means every call
      "times": 2}                        # for the next 2 calls; absent means every call
 
 Faults for one function queue in registration order and are taken one call at a time when the
-call arrives, so the first registered is consumed first. A fault without `times` never runs out,
+call arrives: the first registered that matches the call's `cbc_target` is consumed first (a
+fault with a `cbc_target` is one route down: that Lambda and that CBC; a call that names no
+`cbc_target` meets only faults that name none). A fault without `times` never runs out,
 so anything queued behind it never applies until a reset.
 
 Delays and hangs are asyncio waits, never blocking sleeps, so the server keeps answering other
@@ -30,6 +33,8 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any, Collection
 
+from simulator.payload_rules import CBC_TARGETS
+
 DEFAULT_ERROR_TYPE = "SimulatedFunctionError"
 MAX_DELAY_SECONDS = 300.0
 
@@ -42,6 +47,7 @@ class Fault:
     delay_seconds: float = 0.0
     answer_delay_seconds: float = 0.0
     hang: bool = False
+    cbc_target: str | None = None  # None: calls for either CBC
     times: int | None = None  # None: every call until reset
 
     def describe(self) -> dict[str, Any]:
@@ -89,6 +95,9 @@ def _option_problems(options: dict[str, Any]) -> list[str]:
         value = options.get(key, 0.0)
         if not (_is_number(value) and 0 <= value <= MAX_DELAY_SECONDS):
             reasons.append(f"{key}: expected 0 to {MAX_DELAY_SECONDS:g}, got {value!r}")
+    target = options.get("cbc_target")
+    if target is not None and target not in CBC_TARGETS:
+        reasons.append(f"cbc_target: expected one of {', '.join(CBC_TARGETS)}, got {target!r}")
     if not isinstance(options.get("hang", False), bool):
         reasons.append(f"hang: expected true or false, got {options['hang']!r}")
     times = options.get("times")
@@ -139,18 +148,19 @@ class Faults:
             queue.append([fault, fault.times])
             return len(queue)
 
-    def take(self, function: str) -> Fault | None:
-        """The fault that applies to this call of `function`, using up one of its `times`."""
+    def take(self, function: str, cbc_target: str | None = None) -> Fault | None:
+        """The fault that applies to this call of `function` for `cbc_target`, using up one of
+        its `times`."""
         with self._lock:
-            queue = self._queues.get(function)
-            if not queue:
+            queue = self._queues.get(function) or deque()
+            entry = next((e for e in queue if e[0].cbc_target in (None, cbc_target)), None)
+            if entry is None:
                 return None
-            entry = queue[0]
             fault, left = entry
             if left is not None:
                 entry[1] = left - 1
                 if entry[1] == 0:
-                    queue.popleft()
+                    queue.remove(entry)
             return fault
 
     def pending(self) -> dict[str, list[dict[str, Any]]]:

@@ -50,7 +50,8 @@ async def handle_invocation(
     payload, parse_problem = parse_payload(body)
     fault = None
     if function is not None and _is_request_response(invocation_type):
-        fault = state.faults.take(function.name)
+        target = payload.get("cbc_target") if isinstance(payload, dict) else None
+        fault = state.faults.take(function.name, target if isinstance(target, str) else None)
     record = state.invocations.arrive(
         Invocation(
             function=function.name if function else None,

@@ -42,6 +42,10 @@ KEYS_BY_TYPE: dict[str, frozenset[str]] = {
     "test": frozenset({"message_type", "identifier", "message_format"}),
 }
 
+# The CBC behind the proxy a call is for; optional, since a proxy with one CBC needs no choice.
+CBC_TARGETS = ("cbc_a", "cbc_b")
+OPTIONAL_KEYS = frozenset({"cbc_target"})
+
 _UUID = re.compile(r"^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$", re.IGNORECASE)
 _CAP_DATETIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d-00:00$")
 _HEX = re.compile(r"^[0-9a-f]{8,}$")
@@ -65,7 +69,7 @@ def payload_problems(function: Function, payload: Any) -> list[str]:
     expected = KEYS_BY_TYPE[message_type] | ({"message_number"} if fmt.numbered else set())
     problems = _key_problems(function, fmt, message_type, expected, payload)
     # Values are checked only under keys that belong here; a stray key is reported once above.
-    for key in sorted(expected & payload.keys()):
+    for key in sorted((expected | OPTIONAL_KEYS) & payload.keys()):
         check = _VALUE_CHECKS.get(key)
         if check is not None:
             problems.extend(check(key, payload[key], fmt))
@@ -77,7 +81,7 @@ def _key_problems(
 ) -> list[str]:
     missing = sorted(expected - payload.keys())
     problems = [f"{key}: missing from {message_type} payload" for key in missing]
-    for key in sorted(payload.keys() - expected):
+    for key in sorted(payload.keys() - expected - OPTIONAL_KEYS):
         if key == "message_number":
             problems.append(
                 f"message_number: must be absent for {function.name} ({fmt.name} format)"
@@ -90,6 +94,12 @@ def _key_problems(
             f"got {payload['message_format']!r}"
         )
     return problems
+
+
+def _cbc_target(key: str, value: Any, fmt: MessageFormat) -> list[str]:
+    if value in CBC_TARGETS:
+        return []
+    return [f"{key}: expected one of {', '.join(CBC_TARGETS)}, got {value!r}"]
 
 
 def _identifier(key: str, value: Any, fmt: MessageFormat) -> list[str]:
@@ -199,4 +209,5 @@ _VALUE_CHECKS = {
     "areas": _areas,
     "references": _references,
     "message_number": _message_number,
+    "cbc_target": _cbc_target,
 }

@@ -98,6 +98,7 @@ def send_to_provider(broadcast_event_id: str, provider: str, replay_failed: bool
                 enabled=settings.enabled_cbcs,
                 provider_slot=lambda: slot_for(settings, provider, slot_timeout),
                 mode=dispatch.Mode(replay_failed=replay_failed, long_wait_seconds=long_wait),
+                route_advice_seconds=settings.route_advice_seconds,
             )
     except RetryableError as error:
         _clock.failed(_this_run(), at=error.answered_at)  # the planned wait starts there

@@ -97,6 +97,19 @@ def engine(database_url: str) -> Engine:
     return engine
 
 
+@pytest.fixture(autouse=True)
+def no_route_advice(request: pytest.FixtureRequest) -> None:
+    """Tests share the database, and a route one test saw working would be tried first by the
+    next (docs/behaviour.md §3, the route advisor): each test on the database starts with none."""
+    if "engine" in request.fixturenames or "environment" in request.fixturenames:
+        from sqlalchemy import delete
+
+        from broadcasts.models import RouteAdvice
+
+        with request.getfixturevalue("engine").begin() as connection:
+            connection.execute(delete(RouteAdvice))
+
+
 @pytest.fixture(scope="session")
 def environment(database_url: str, simulator, tmp_path_factory) -> Iterator[dict[str, str]]:  # type: ignore[no-untyped-def]
     """The dispatcher's configuration for tests: the test database, the simulator, fast retries."""

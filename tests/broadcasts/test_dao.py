@@ -197,7 +197,7 @@ def test_message_numbers_strictly_increase_and_are_shared_with_link_tests(engine
         with unit_of_work(engine) as session:
             message = dao.get_or_create_provider_message(session, event_id, "vodafone", numbered=True)
             numbers.append(("message", message.number.broadcast_provider_message_number))
-        link_test_route(engine, proxy, "vodafone", "primary")
+        link_test_route(engine, proxy, "vodafone", "lambda1-cbc_a")
         with unit_of_work(engine) as session:
             result = session.scalars(select(LinkTestResult).order_by(LinkTestResult.id.desc())).first()
             numbers.append(("link test", result.message_number))
@@ -208,14 +208,16 @@ def test_message_numbers_strictly_increase_and_are_shared_with_link_tests(engine
 
 def test_link_test_rows_name_the_route_and_the_proxy_function(engine):
     proxy = CBCProxy(_AcceptingLambda(), function_prefix="arn:aws:lambda:eu-west-2:1:function:")
-    for route in ("primary", "failover"):
+    for route in ("lambda1-cbc_b", "lambda2-cbc_a"):
         link_test_route(engine, proxy, "ee", route)
     with unit_of_work(engine) as session:
         rows = session.scalars(select(LinkTestResult).order_by(LinkTestResult.id.desc()).limit(2)).all()
     assert [(r.provider, r.route, r.ok, {k: v for k, v in r.detail.items() if k != "latency_ms"})
             for r in reversed(rows)] == [
-        ("ee", "primary", True, {"function": "arn:aws:lambda:eu-west-2:1:function:ee-1-proxy"}),
-        ("ee", "failover", True, {"function": "arn:aws:lambda:eu-west-2:1:function:ee-2-proxy"}),
+        ("ee", "lambda1-cbc_b", True, {"function": "arn:aws:lambda:eu-west-2:1:function:ee-1-proxy",
+                                       "cbc_target": "cbc_b"}),
+        ("ee", "lambda2-cbc_a", True, {"function": "arn:aws:lambda:eu-west-2:1:function:ee-2-proxy",
+                                       "cbc_target": "cbc_a"}),
     ]
 
 

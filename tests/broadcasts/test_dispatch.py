@@ -41,8 +41,8 @@ def test_a_provider_outside_the_services_list_is_refused_without_a_call(environm
 
 def test_a_service_that_stops_being_live_ends_a_retrying_send_with_the_reason(environment, engine, sim):
     service_id, _, event_id = make_alert(engine)
-    sim.fault("ee-1-proxy", http_status=500, times=1)
-    sim.fault("ee-2-proxy", http_status=500, times=1)
+    sim.fault("ee-1-proxy", http_status=500, times=2)
+    sim.fault("ee-2-proxy", http_status=500, times=2)
     with pytest.raises(AllRoutesFailed):
         send(engine, event_id)
     with unit_of_work(engine) as session:
@@ -51,7 +51,7 @@ def test_a_service_that_stops_being_live_ends_a_retrying_send_with_the_reason(en
         send(engine, event_id)
     ee = statuses(engine, event_id)["ee"]
     assert ee.status == "technical-failure" and "restricted" in ee.last_error
-    assert len(sim.invocations()) == 2
+    assert len(sim.invocations()) == 4  # one failed attempt: four routes
 
 
 def test_an_unreachable_database_is_a_retryable_failure(environment, sim):
@@ -64,8 +64,8 @@ def test_an_unreachable_database_is_a_retryable_failure(environment, sim):
 
 def test_retries_stopped_by_expiry_end_the_message_as_expired_while_retrying(environment, engine, sim):
     _, _, event_id = make_alert(engine)
-    sim.fault("ee-1-proxy", http_status=500, times=1)
-    sim.fault("ee-2-proxy", http_status=500, times=1)
+    sim.fault("ee-1-proxy", http_status=500, times=2)
+    sim.fault("ee-2-proxy", http_status=500, times=2)
     with pytest.raises(AllRoutesFailed) as raised:
         send(engine, event_id)
     error = raised.value
@@ -100,12 +100,15 @@ class SlowFailingPrimary:
         raise ReadTimeoutError(endpoint_url="http://proxy")
 
 
-def test_the_failover_is_not_started_after_the_deadline():
+def test_no_further_route_is_started_after_the_deadline():
     from broadcasts.cbc_proxy import CBCProxy
     from broadcasts.providers import PROVIDERS
 
     client = SlowFailingPrimary()
+    proxy = CBCProxy(client)
     with pytest.raises(AllRoutesFailed) as raised:
-        CBCProxy(client).send(PROVIDERS["ee"], {"message_type": "test"}, deadline=utcnow() + timedelta(seconds=0.1))
+        proxy.send(proxy.routes(PROVIDERS["ee"]), {"message_type": "test"}, deadline=utcnow() + timedelta(seconds=0.1))
     assert client.calls == ["ee-1-proxy"]
-    assert raised.value.failures[1] == {"function": "ee-2-proxy", "error": "not tried: the event expired"}
+    assert raised.value.failures[1:] == [
+        {"function": function, "cbc_target": target, "error": "not tried: the event expired"}
+        for function, target in (("ee-1-proxy", "cbc_b"), ("ee-2-proxy", "cbc_a"), ("ee-2-proxy", "cbc_b"))]

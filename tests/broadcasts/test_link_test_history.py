@@ -33,7 +33,7 @@ def start() -> datetime:
 
 
 def add(session: Session, at: datetime, provider: str, route: str, ok: bool, error: str | None = None) -> None:
-    function = f"{provider}-{1 if route == 'primary' else 2}-proxy"
+    function = f"{provider}-{route[6]}-proxy"
     detail = {"function": function, "latency_ms": 12}
     if error:
         detail["error"] = error
@@ -45,25 +45,25 @@ def add(session: Session, at: datetime, provider: str, route: str, ok: bool, err
 def test_pass_rate_last_result_and_consecutive_failures_per_route(session, start):
     at = [start + timedelta(seconds=s) for s in range(1, 6)]
     for moment, ok in zip(at, (True, False, True, False, False)):
-        add(session, moment, "ee", "failover", ok, None if ok else f"HTTP 500 at {moment:%S}")
-        add(session, moment, "ee", "primary", True)
+        add(session, moment, "ee", "lambda2-cbc_b", ok, None if ok else f"HTTP 500 at {moment:%S}")
+        add(session, moment, "ee", "lambda1-cbc_a", True)
 
     history = {(h.provider, h.route): h for h in link_test_history(session, since=start, provider="ee")}
 
-    failover = history["ee", "failover"]
+    failover = history["ee", "lambda2-cbc_b"]
     assert (failover.runs, failover.passes, failover.consecutive_failures) == (5, 2, 2)
     assert failover.pass_rate == pytest.approx(0.4)
     assert failover.last_ok is False and failover.last_at == at[-1]
     assert failover.last_error == f"HTTP 500 at {at[-1]:%S}" and failover.last_failure_at == at[-1]
-    primary = history["ee", "primary"]
+    primary = history["ee", "lambda1-cbc_a"]
     assert (primary.runs, primary.passes, primary.pass_rate, primary.consecutive_failures) == (5, 5, 1.0, 0)
     assert primary.last_ok is True and primary.last_error is None and primary.last_failure_at is None
 
 
 def test_a_pass_after_failures_resets_the_run_of_failures_but_keeps_the_last_error(session, start):
-    add(session, start + timedelta(seconds=1), "o2", "primary", False, "ReadTimeoutError: slow")
-    add(session, start + timedelta(seconds=2), "o2", "primary", False, "HTTP 500 boom")
-    add(session, start + timedelta(seconds=3), "o2", "primary", True)
+    add(session, start + timedelta(seconds=1), "o2", "lambda1-cbc_a", False, "ReadTimeoutError: slow")
+    add(session, start + timedelta(seconds=2), "o2", "lambda1-cbc_a", False, "HTTP 500 boom")
+    add(session, start + timedelta(seconds=3), "o2", "lambda1-cbc_a", True)
 
     [o2] = link_test_history(session, since=start, provider="o2")
 
@@ -72,25 +72,25 @@ def test_a_pass_after_failures_resets_the_run_of_failures_but_keeps_the_last_err
 
 
 def test_only_results_since_the_given_time_count(session, start):
-    add(session, start - timedelta(hours=1), "three", "primary", False, "old")
-    add(session, start + timedelta(seconds=1), "three", "primary", True)
+    add(session, start - timedelta(hours=1), "three", "lambda1-cbc_a", False, "old")
+    add(session, start + timedelta(seconds=1), "three", "lambda1-cbc_a", True)
 
     [three] = link_test_history(session, since=start, provider="three")
 
     assert (three.runs, three.passes, three.consecutive_failures, three.last_error) == (1, 1, 0, None)
 
 
-def test_every_provider_and_route_in_provider_order_then_primary_before_failover(session, start):
+def test_every_provider_and_route_in_provider_order_then_route_name(session, start):
     moment = start + timedelta(seconds=1)
     for provider in ("vodafone", "o2", "ee"):
-        for route in ("failover", "primary"):
+        for route in ("lambda2-cbc_b", "lambda1-cbc_a"):
             add(session, moment, provider, route, True)
 
     history = link_test_history(session, since=start, provider=None)
 
     assert [(h.provider, h.route) for h in history] == [
-        ("ee", "primary"), ("ee", "failover"), ("o2", "primary"), ("o2", "failover"),
-        ("vodafone", "primary"), ("vodafone", "failover"),
+        ("ee", "lambda1-cbc_a"), ("ee", "lambda2-cbc_b"), ("o2", "lambda1-cbc_a"), ("o2", "lambda2-cbc_b"),
+        ("vodafone", "lambda1-cbc_a"), ("vodafone", "lambda2-cbc_b"),
     ]
     assert all(isinstance(h, RouteHistory) for h in history)
 
@@ -100,12 +100,12 @@ def test_a_route_with_no_results_in_the_window_is_not_listed(session, start):
 
 
 def test_as_row_is_a_flat_table_row(session, start):
-    add(session, start + timedelta(seconds=1), "ee", "primary", False, "HTTP 500 boom")
+    add(session, start + timedelta(seconds=1), "ee", "lambda1-cbc_a", False, "HTTP 500 boom")
 
     [ee] = link_test_history(session, since=start, provider="ee")
 
     assert ee.as_row() == {
-        "provider": "ee", "route": "primary", "runs": 1, "passes": 0, "pass_rate": 0.0,
+        "provider": "ee", "route": "lambda1-cbc_a", "runs": 1, "passes": 0, "pass_rate": 0.0,
         "consecutive_failures": 1, "last_ok": False, "last_at": (start + timedelta(seconds=1)).isoformat(),
         "last_error": "HTTP 500 boom", "last_failure_at": (start + timedelta(seconds=1)).isoformat(),
     }

@@ -414,7 +414,7 @@ def test_a_cancel_needs_neither_body_nor_finishes_at():
 
 def test_provider_table_matches_the_spec():
     rows = {
-        name: (p.routes, p.message_format, p.english, p.welsh, p.numbered)
+        name: (p.lambdas, p.message_format, p.english, p.welsh, p.numbered)
         for name, p in PROVIDERS.items()
     }
     assert rows == {

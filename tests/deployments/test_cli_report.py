@@ -22,8 +22,8 @@ def test_status_lists_failed_routes_one_per_line_and_the_wait_with_its_reason(cl
     service_id = make_service(engine)
     message_id = make_message(engine, service_id)
     alert = make_event(engine, service_id, message_id)
-    sim.fault("ee-1-proxy", http_status=500, times=1)
-    sim.fault("ee-2-proxy", function_error="Unhandled", times=1)
+    sim.fault("ee-1-proxy", http_status=500, times=2)
+    sim.fault("ee-2-proxy", function_error="Unhandled", times=2)
     with pytest.raises(AllRoutesFailed):
         send(engine, alert)
     update = make_event(engine, service_id, message_id, message_type="update")

@@ -142,8 +142,8 @@ def test_a_retry_from_the_ui_is_picked_up_within_a_couple_of_seconds(environment
 
 
 def test_a_provider_failing_on_both_routes_is_retried_with_the_same_identifier(configure, environment, engine, sim):
-    sim.fault("ee-1-proxy", http_status=500, times=1)
-    sim.fault("ee-2-proxy", http_status=500, times=1)
+    sim.fault("ee-1-proxy", http_status=500, times=2)
+    sim.fault("ee-2-proxy", http_status=500, times=2)
     _, _, event_id = make_alert(engine)
     with dispatching():
         run_id = start_run(event_id)

@@ -59,8 +59,8 @@ def test_both_routes_down_for_k_attempts_retries_on_the_scaled_schedule_then_ack
     configure(BROADCAST_RETRY_DELAY_SCALE=str(SCALE))
     for provider, k in failures.items():
         if k:
-            sim.fault(f"{provider}-1-proxy", http_status=503, times=k)
-            sim.fault(f"{provider}-2-proxy", function_error="Unhandled", times=k)
+            sim.fault(f"{provider}-1-proxy", http_status=503, times=2 * k)
+            sim.fault(f"{provider}-2-proxy", function_error="Unhandled", times=2 * k)
     _, _, event_id = make_alert(engine)
 
     assert run_event(event_id).is_completed()

@@ -121,8 +121,8 @@ def test_serve_killed_at_every_point_of_a_send_finishes_every_network_with_its_f
     _, _, event_id = make_alert(db)
     sim.fault("ee-1-proxy", delay_seconds=HANG_SECONDS, times=1)
     sim.fault("o2-1-proxy", answer_delay_seconds=HANG_SECONDS, times=1)
-    sim.fault("three-1-proxy", http_status=500, times=1)
-    sim.fault("three-2-proxy", http_status=500, times=1)
+    sim.fault("three-1-proxy", http_status=500, times=2)
+    sim.fault("three-2-proxy", http_status=500, times=2)
     with get_client(sync_client=True) as client:
         vodafone_slot = client.increment_concurrency_slots_with_lease(
             names=[limit_name("vodafone")], slots=1, mode="concurrency", lease_duration=600).json()["lease_id"]

@@ -63,8 +63,8 @@ def test_rerunning_after_a_partial_failure_sends_only_to_unacknowledged_provider
     for provider in ("o2", "vodafone"):
         dispatch.send_once(engine, get_proxy(settings), event_id, provider, headline="h",
                                   enabled=settings.enabled_cbcs)
-    sim.fault("ee-1-proxy", http_status=500, times=1)
-    sim.fault("ee-2-proxy", http_status=500, times=1)
+    sim.fault("ee-1-proxy", http_status=500, times=2)
+    sim.fault("ee-2-proxy", http_status=500, times=2)
     with pytest.raises(AllRoutesFailed):
         dispatch.send_once(engine, get_proxy(settings), event_id, "ee", headline="h",
                                   enabled=settings.enabled_cbcs)
@@ -191,8 +191,8 @@ def test_an_automatic_run_leaves_a_provider_refused_mid_retry_to_an_operator_and
     def send_ee() -> None:
         dispatch.send_once(engine, get_proxy(settings), event_id, "ee", headline="h", enabled=settings.enabled_cbcs)
 
-    sim.fault("ee-1-proxy", http_status=500, times=1)
-    sim.fault("ee-2-proxy", http_status=500, times=1)
+    sim.fault("ee-1-proxy", http_status=500, times=2)
+    sim.fault("ee-2-proxy", http_status=500, times=2)
     with pytest.raises(AllRoutesFailed):
         send_ee()
     _set_restricted(engine, service_id, True)  # its retry is refused: ee ends technical-failure

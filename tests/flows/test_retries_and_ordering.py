@@ -36,8 +36,8 @@ def _time(call: dict) -> datetime:
 
 def test_both_routes_failing_three_times_then_recovering_takes_four_attempts_with_one_identifier(configure, engine, sim):
     configure(ENABLED_CBCS="vodafone", BROADCAST_RETRY_DELAY_SCALE=str(SCALE))
-    sim.fault("vodafone-1-proxy", http_status=500, times=3)
-    sim.fault("vodafone-2-proxy", function_error="Unhandled", times=3)
+    sim.fault("vodafone-1-proxy", http_status=500, times=6)
+    sim.fault("vodafone-2-proxy", function_error="Unhandled", times=6)
     _, _, event_id = make_alert(engine)
 
     assert run_event(event_id).is_completed()
@@ -82,8 +82,8 @@ def test_both_routes_failing_until_expiry_ends_in_technical_failure_with_no_call
 def test_an_update_waits_for_the_alert_ack_on_that_provider_only(configure, engine, sim):
     # The alert fails on ee for about 5 s (8 attempts at a 0.02 scale) while the update is sent.
     configure(ENABLED_CBCS="ee,o2", BROADCAST_RETRY_DELAY_SCALE="0.02")
-    sim.fault("ee-1-proxy", http_status=500, times=8)
-    sim.fault("ee-2-proxy", http_status=500, times=8)
+    sim.fault("ee-1-proxy", http_status=500, times=16)
+    sim.fault("ee-2-proxy", http_status=500, times=16)
     service_id = make_service(engine)
     message_id = make_message(engine, service_id)
     alert = make_event(engine, service_id, message_id)

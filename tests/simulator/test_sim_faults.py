@@ -36,6 +36,8 @@ def test_fault_request_names_function_and_effect():
         ({"function": "ee-1-proxy", "http_status": 500, "function_error": "x"}, "http_status and"),
         ({"function": "ee-1-proxy", "http_status": 500, "error_type": "X"}, "error_type:"),
         ({"function": "ee-1-proxy", "http_status": 500, "colour": "red"}, "colour:"),
+        ({"function": "ee-1-proxy", "http_status": 500, "cbc_target": "cbc_c"}, "cbc_target:"),
+        ({"function": "ee-1-proxy", "cbc_target": "cbc_a"}, "fault has no effect"),
         (["ee-1-proxy"], "body:"),
     ],
 )
@@ -70,6 +72,17 @@ def test_a_fault_applies_only_to_its_own_function():
     faults = Faults()
     faults.add("ee-1-proxy", Fault(http_status=500))
     assert faults.take("ee-2-proxy") is None
+
+
+def test_a_fault_with_a_cbc_target_applies_only_to_calls_for_that_cbc():
+    faults = Faults()
+    faults.add("ee-1-proxy", Fault(http_status=500, cbc_target="cbc_a", times=1))
+    faults.add("ee-1-proxy", Fault(http_status=503, times=1))
+    # A call for cbc_b skips the cbc_a fault and takes the one for every CBC behind it.
+    assert faults.take("ee-1-proxy", "cbc_b") == Fault(http_status=503, times=1)
+    assert faults.take("ee-1-proxy") is None  # names no CBC: meets only faults that name none
+    assert faults.take("ee-1-proxy", "cbc_a") == Fault(http_status=500, cbc_target="cbc_a", times=1)
+    assert faults.take("ee-1-proxy", "cbc_a") is None
 
 
 def test_pending_lists_queued_faults_with_calls_left():

@@ -159,6 +159,16 @@ def test_invalid_fault_request_is_refused_with_422(sim, options):
     assert sim.faults() == {}
 
 
+def test_one_route_down_fails_only_calls_for_its_cbc(sim, lambda_client, make_payload):
+    sim.fault("ee-1-proxy", http_status=500, cbc_target="cbc_a")
+    with pytest.raises(botocore.exceptions.ClientError):
+        invoke(lambda_client, "ee-1-proxy", {**make_payload(), "cbc_target": "cbc_a"})
+    assert invoke(lambda_client, "ee-1-proxy", {**make_payload(), "cbc_target": "cbc_b"})["StatusCode"] == 200
+    assert [(r["payload"]["cbc_target"], r["outcome"]) for r in sim.invocations()] == [
+        ("cbc_a", "http_status"), ("cbc_b", "ok")]
+    assert sim.faults() == {"ee-1-proxy": [{"http_status": 500, "cbc_target": "cbc_a", "calls_left": None}]}
+
+
 def test_fault_for_unknown_function_is_refused_with_422(sim):
     with pytest.raises(AssertionError, match="answered 422.*function"):
         sim.fault("ee-9-proxy", http_status=500)

@@ -136,6 +136,18 @@ def test_every_channel_is_accepted(make_payload, channel):
     assert payload_problems(EE, make_payload(channel=channel)) == []
 
 
+@pytest.mark.parametrize("message_type, fmt", [("alert", "cap"), ("cancel", "ibag"), ("test", "cap")])
+@pytest.mark.parametrize("target", ["cbc_a", "cbc_b"])
+def test_a_cbc_target_is_accepted_on_every_payload(make_payload, message_type, fmt, target):
+    function = VODAFONE if fmt == "ibag" else EE
+    assert payload_problems(function, {**make_payload(message_type, fmt), "cbc_target": target}) == []
+
+
+@pytest.mark.parametrize("target", ["cbc_c", "", None, 1])
+def test_an_unknown_cbc_target_is_rejected(make_payload, target):
+    _only_problem_mentions(payload_problems(EE, {**make_payload(), "cbc_target": target}), "cbc_target")
+
+
 def test_unknown_channel_is_rejected(make_payload):
     _only_problem_mentions(payload_problems(EE, make_payload(channel="public")), "channel")
 
