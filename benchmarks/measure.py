@@ -233,16 +233,16 @@ class Bench:
         return result
 
     def retry_gaps(self, scale: float, failures: int) -> tuple[list[float], list[float]]:
-        """The waits of a provider failing `failures` attempts (both routes), with the retry delays
-        scaled by `scale`: from an attempt's last answer (the failover's) to the next attempt's
-        first call; and the planned waits."""
+        """The waits of a provider failing `failures` attempts (all four routes), with the retry
+        delays scaled by `scale`: from an attempt's last answer (its fourth route's) to the next
+        attempt's first call; and the planned waits."""
         from broadcasts.retry import scaled_delays
         from broadcasts.settings import get_settings
 
         self.reset_simulator()
         for function in ("ee-1-proxy", "ee-2-proxy"):
             self.simulator.post("/_simulator/faults", json={"function": function, "http_status": 500,
-                                                            "times": failures}).raise_for_status()
+                                                            "times": 2 * failures}).raise_for_status()
         saved = os.environ.get("BROADCAST_RETRY_DELAY_SCALE")
         os.environ["BROADCAST_RETRY_DELAY_SCALE"] = str(scale)
         get_settings.cache_clear()
@@ -256,8 +256,10 @@ class Bench:
             else:
                 os.environ["BROADCAST_RETRY_DELAY_SCALE"] = saved
             get_settings.cache_clear()
-        primary = sorted(at(r["received_at"]) for r in self.calls(tag, "ee-1-proxy"))
-        failover = sorted(at(r["responded_at"]) for r in self.calls(tag, "ee-2-proxy"))
+        primary = sorted(at(r["received_at"]) for r in self.calls(tag, "ee-1-proxy")
+                         if r["payload"].get("cbc_target") == "cbc_a")
+        failover = sorted(at(r["responded_at"]) for r in self.calls(tag, "ee-2-proxy")
+                          if r["payload"].get("cbc_target") == "cbc_b")
         if (len(primary), len(failover)) != (failures + 1, failures):
             raise RuntimeError(f"retry: {len(primary)} primary and {len(failover)} failover calls, "
                                f"expected {failures + 1} and {failures}")

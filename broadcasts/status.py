@@ -34,6 +34,7 @@ class ProviderStatus:
     message_number: str | None
     attempts: int
     last_error: str | None
+    route: str | None = None  # the route that acknowledged it: `ee-1-proxy/cbc_b`
     history: list[HistoryEntry] = field(default_factory=list)
 
     def as_row(self) -> dict[str, Any]:
@@ -44,6 +45,7 @@ class ProviderStatus:
             "identifier": str(self.identifier) if self.identifier else None,
             "message_number": self.message_number,
             "attempts": self.attempts,
+            "route": self.route,
             "last_error": self.last_error,
         }
 
@@ -67,6 +69,7 @@ def event_status(session: Session, event_id: uuid.UUID) -> list[ProviderStatus]:
             message_number=message_number_hex(number) if number is not None else None,
             attempts=max((r.attempt or 0 for r in rows), default=0),
             last_error=last_error,
+            route=next((r.route for r in rows if r.status == "returned-ack"), None),
             history=[HistoryEntry(r.status, r.created_at, r.attempt, r.route, r.detail) for r in rows],
         )
     for provider, refusal in dao.refusals(session, event_id).items():

@@ -363,6 +363,7 @@ def link_test_command(
 
 
 def print_link_test_history(providers: list[str] | None, since: str, as_json: bool) -> None:
+    from broadcasts import route_advisor
     from broadcasts.db import unit_of_work
     from broadcasts.link_test_history import link_test_history
     from broadcasts.models import utcnow
@@ -373,9 +374,10 @@ def print_link_test_history(providers: list[str] | None, since: str, as_json: bo
         fail(str(error))
     with unit_of_work(engine()) as session:
         found = [h for p in (providers or [None]) for h in link_test_history(session, utcnow() - window, p)]
+        advice = [a for a in route_advisor.advice(session) if not providers or a.provider in providers]
     from deployments.report import link_test_history_output
 
-    typer.echo(link_test_history_output(found, since, as_json))
+    typer.echo(link_test_history_output(found, since, as_json, advice, utcnow()))
 
 
 def signing_key(config: Settings, why: str) -> bytes:

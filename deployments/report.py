@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from broadcasts.errors import failed_route_name
 from broadcasts.link_test_history import RouteHistory
+from broadcasts.models import RouteAdvice
 from broadcasts.status import HistoryEntry, ProviderStatus
 
 
@@ -37,13 +40,20 @@ def link_test_output(state: Any, rows: list[dict[str, Any]], as_json: bool) -> s
         for r in rows])
 
 
-def link_test_history_output(found: list[RouteHistory], since: str, as_json: bool) -> str:
+def link_test_history_output(found: list[RouteHistory], since: str, as_json: bool,
+                             advice: Sequence[RouteAdvice] = (), now: datetime | None = None) -> str:
+    """Per route, its record; then (as text) the route advisor's route per network and its age."""
     if as_json:
         return json.dumps([h.as_row() for h in found], indent=2)
-    return "\n".join([
-        f"  {h.provider:<9} {h.route:<9} {h.passes}/{h.runs} passed ({h.pass_rate:.0%})"
+    lines = [
+        f"  {h.provider:<9} {h.route:<13} {h.passes}/{h.runs} passed ({h.pass_rate:.0%})"
         + (f"  failing {h.consecutive_failures} in a row: {h.last_error}" if h.consecutive_failures else "")
-        for h in found] or [f"no link tests in the last {since}"])
+        for h in found] or [f"no link tests in the last {since}"]
+    if advice and now is not None:
+        lines.append("route advisor (the last route that worked, tried first while fresh):")
+        lines += [f"  {a.provider:<9} {a.lambda_name}/{a.target}  {(now - a.updated_at).total_seconds():.0f} s ago"
+                  for a in advice]
+    return "\n".join(lines)
 
 
 def status_lines(statuses: list[ProviderStatus]) -> list[str]:
@@ -84,6 +94,7 @@ def table_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         f"  {r['provider']:<9} {r['status']:<17} {r['identifier'] or '-':<36}  "
         f"number {r['message_number'] or '-'}  attempts {r['attempts']}"
+        + (f"  via {r['route']}" if r.get("route") else "")
         + (f"  last error: {r['last_error']}" if r["last_error"] and not shared else "")
         for r in rows
     ]

@@ -28,7 +28,7 @@ def wait_for_all(providers: Sequence[str], futures: Sequence[PrefectFuture[Any]]
 
 def publish_table(event_id: uuid.UUID, failures: dict[str, str | None]) -> list[dict[str, Any]]:
     """The table artifact `broadcast-event-<id>`: provider, status, identifier, message number,
-    attempts, last error; this run's providers first, then any others the event has. Rows come
+    attempts, the route that acknowledged, last error; this run's providers first, then any others the event has. Rows come
     from the database, the record of what was really sent."""
     with unit_of_work(get_engine(get_settings().database_url)) as session:
         recorded = {s.provider: s.as_row() for s in event_status(session, event_id)}
@@ -36,7 +36,7 @@ def publish_table(event_id: uuid.UUID, failures: dict[str, str | None]) -> list[
     for provider in [*failures, *(p for p in recorded if p not in failures)]:
         row = recorded.get(provider) or {
             "provider": provider, "status": "not sent", "identifier": None,
-            "message_number": None, "attempts": 0, "last_error": None,
+            "message_number": None, "attempts": 0, "route": None, "last_error": None,
         }
         if failures.get(provider) and not row["last_error"]:
             row["last_error"] = failures[provider]

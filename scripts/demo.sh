@@ -83,8 +83,8 @@ ALERT=$(echo "$CREATED" | json_field broadcast_event_id)
 MESSAGE=$(echo "$CREATED" | json_field broadcast_message_id)
 "$BIN/broadcasts" trigger "$ALERT" --url "$WEBHOOK" --wait
 
-step "A Welsh update (ŵ makes it cy-GB) while EE's primary proxy answers HTTP 500: EE fails over to its second proxy"
-fault '{"function": "ee-1-proxy", "http_status": 500, "times": 1}'
+step "A Welsh update (ŵ makes it cy-GB) while EE's first route (its first proxy to CBC cbc_a) answers HTTP 500: EE's goes out on the next route"
+fault '{"function": "ee-1-proxy", "cbc_target": "cbc_a", "http_status": 500}'  # down until the demo ends
 UPDATE=$("$BIN/broadcasts" event create --type update --message "$MESSAGE" --json \
     --body "Rhybudd llifogydd: symudwch i dir uwch nawr. Peidiwch ag yfed dŵr tap." | json_field broadcast_event_id)
 "$BIN/broadcasts" trigger "$UPDATE" --url "$WEBHOOK" --wait
@@ -94,6 +94,19 @@ fault '{"function": "vodafone-1-proxy", "function_error": "Unhandled", "times": 
 fault '{"function": "vodafone-2-proxy", "http_status": 503, "times": 2}'
 CANCEL=$("$BIN/broadcasts" event create --type cancel --message "$MESSAGE" --json | json_field broadcast_event_id)
 "$BIN/broadcasts" trigger "$CANCEL" --url "$WEBHOOK" --wait
+
+step "EE's route for each event: the route advisor put the update's working route first for the cancel"
+curl -fsS "$SIM/invocations" | "$BIN/python" -c '
+import json, sys
+calls = [c for c in json.load(sys.stdin) if c["function"].startswith("ee-") and c["payload"].get("message_type") != "test"]
+for kind in ("alert", "update", "cancel"):
+    tried = [c["function"] + "/" + c["payload"]["cbc_target"] + " " + c["outcome"]
+             for c in calls if c["payload"]["message_type"] == kind]
+    print(f"{kind}: " + ", then ".join(tried))
+cancel = [c for c in calls if c["payload"]["message_type"] == "cancel"]
+if not cancel or (cancel[0]["function"], cancel[0]["payload"]["cbc_target"]) != ("ee-1-proxy", "cbc_b"):
+    sys.exit("demo: the cancel did not go first to the route the advisor holds (ee-1-proxy/cbc_b)")
+'
 
 step "The alert posted again: the webhook answers with the same run, and nothing is sent again"
 # Scheduled link tests may call the proxies meanwhile: count the calls of this alert only.
@@ -113,7 +126,8 @@ import json, sys
 for call in json.load(sys.stdin):
     kind = call["payload"].get("message_type", "?")
     language = call["payload"].get("language", "-")  # a cancel carries none
-    print(call["received_at"], call["function"].ljust(17), kind.ljust(7), language.ljust(8), call["outcome"])
+    route = call["function"] + "/" + call["payload"].get("cbc_target", "-")
+    print(call["received_at"], route.ljust(23), kind.ljust(7), language.ljust(8), call["outcome"])
 '
 
 step "How far apart the four networks' first calls of each event came"

@@ -105,7 +105,7 @@ def test_send_event_exits_zero_when_every_provider_acknowledges_and_status_shows
     rows = json.loads(status.stdout)
     vodafone = next(r for r in rows if r["provider"] == "vodafone")
     assert vodafone["message_number"] and [h["status"] for h in vodafone["history"]] == ["sending", "returned-ack"]
-    assert vodafone["history"][-1]["route"] == "vodafone-1-proxy"
+    assert vodafone["history"][-1]["route"] == "vodafone-1-proxy/cbc_a"
     text = cli("status", ids["broadcast_event_id"]).stdout
     assert "vodafone: returned-ack" in text and "message number" in text and "attempt 1" in text
 

@@ -35,8 +35,10 @@ def test_status_lists_failed_routes_one_per_line_and_the_wait_with_its_reason(cl
     lines = failed.stdout.splitlines()
     attempt = next(i for i, line in enumerate(lines) if "returned-error  attempt 1" in line)
     assert lines[attempt].endswith("every route failed")
-    assert lines[attempt + 1].strip().startswith("ee-1-proxy: HTTP 500")
-    assert lines[attempt + 2].strip().startswith("ee-2-proxy: FunctionError Unhandled")
+    assert [line.strip().split(":")[0] for line in lines[attempt + 1:attempt + 5]] == [
+        "ee-1-proxy/cbc_a", "ee-1-proxy/cbc_b", "ee-2-proxy/cbc_a", "ee-2-proxy/cbc_b"]
+    assert lines[attempt + 1].strip().startswith("ee-1-proxy/cbc_a: HTTP 500")
+    assert lines[attempt + 3].strip().startswith("ee-2-proxy/cbc_a: FunctionError Unhandled")
     assert '"failed_routes"' not in failed.stdout and '\\"' not in failed.stdout  # no JSON detail, no escapes
 
     waiting = cli("status", str(update)).stdout

@@ -150,7 +150,8 @@ def test_a_provider_failing_on_both_routes_is_retried_with_the_same_identifier(c
         assert wait_for_runs([run_id], 30) == {run_id: "COMPLETED"}
     ee = statuses(engine, event_id)["ee"]
     assert ee.status == "returned-ack" and ee.attempts == 2
-    assert [c["function"] for c in calls_for(sim, ee.identifier)] == ["ee-1-proxy", "ee-2-proxy", "ee-1-proxy"]
+    assert [c["function"] for c in calls_for(sim, ee.identifier)] == [
+        "ee-1-proxy", "ee-1-proxy", "ee-2-proxy", "ee-2-proxy", "ee-1-proxy"]  # four routes, then the retry
 
 
 def test_stopping_finishes_the_claimed_runs_and_leaves_the_rest_scheduled(environment, engine, sim):

@@ -30,7 +30,7 @@ def _time(call: dict) -> datetime:
     return datetime.fromisoformat(call["received_at"])
 
 
-def test_the_primary_down_for_every_call_fails_over_in_the_first_attempt_for_every_network(configure, engine, sim):
+def test_the_first_lambda_down_for_every_call_fails_over_in_the_first_attempt_for_every_network(configure, engine, sim):
     configure(BROADCAST_RETRY_DELAY_SCALE=str(SCALE))
     for provider in PROVIDERS:
         sim.fault(f"{provider}-1-proxy", http_status=500)  # no `times`: down for every call
@@ -44,12 +44,13 @@ def test_the_primary_down_for_every_call_fails_over_in_the_first_attempt_for_eve
         status = found[provider]
         acks = [h for h in status.history if h.status == "returned-ack"]
         assert status.status == "returned-ack", f"{provider}: {status}"
-        assert [(h.attempt, h.route) for h in acks] == [(1, f"{provider}-2-proxy")], f"{provider}: {status.history}"
+        assert [(h.attempt, h.route) for h in acks] == [(1, f"{provider}-2-proxy/cbc_a")], f"{provider}: {status.history}"
         assert status.attempts == 1, f"{provider} needed {status.attempts} attempts: a task retry happened"
         calls = calls_for(sim, status.identifier)
-        assert [(c["function"], c["outcome"]) for c in calls] == [
-            (f"{provider}-1-proxy", "http_status"), (f"{provider}-2-proxy", "ok")], f"{provider}: {calls}"
-    assert len(sim.invocations()) == 8
+        assert [(c["function"], c["payload"]["cbc_target"], c["outcome"]) for c in calls] == [
+            (f"{provider}-1-proxy", "cbc_a", "http_status"), (f"{provider}-1-proxy", "cbc_b", "http_status"),
+            (f"{provider}-2-proxy", "cbc_a", "ok")], f"{provider}: {calls}"
+    assert len(sim.invocations()) == 12
 
 
 @pytest.mark.sqlite
@@ -72,9 +73,10 @@ def test_both_routes_down_for_k_attempts_retries_on_the_scaled_schedule_then_ack
         assert status.status == "returned-ack" and status.attempts == k + 1, f"{provider} (k={k}): {status}"
         assert [h.attempt for h in status.history if h.status == "returned-ack"] == [k + 1], status.history
         calls = calls_for(sim, status.identifier)
-        assert len(calls) == 2 * k + 1, f"{provider} (k={k}): {[c['function'] for c in calls]}"
+        assert len(calls) == 4 * k + 1, f"{provider} (k={k}): {[c['function'] for c in calls]}"
         assert {c["payload"]["identifier"] for c in calls} == {str(status.identifier)}
-        primaries = [_time(c) for c in calls if c["function"] == f"{provider}-1-proxy"]
+        primaries = [_time(c) for c in calls
+                     if (c["function"], c["payload"]["cbc_target"]) == (f"{provider}-1-proxy", "cbc_a")]
         assert len(primaries) == k + 1
         gaps = [(b - a).total_seconds() for a, b in zip(primaries, primaries[1:])]
         for n, (gap, delay) in enumerate(zip(gaps, schedule)):
@@ -82,4 +84,4 @@ def test_both_routes_down_for_k_attempts_retries_on_the_scaled_schedule_then_ack
                 f"{provider}: retry {n} came {gap:.3f} s after attempt {n + 1}; the schedule says {delay:.3f} s "
                 f"(+{TOLERANCE_SECONDS} s); all gaps {gaps}")
     assert provider_message_count(engine, event_id) == 4
-    assert len(sim.invocations()) == sum(2 * k + 1 for k in failures.values())
+    assert len(sim.invocations()) == sum(4 * k + 1 for k in failures.values())

@@ -130,7 +130,7 @@ def test_serve_killed_at_every_point_of_a_send_finishes_every_network_with_its_f
     def at_every_point() -> bool:
         calls = Counter((c["function"], c["outcome"]) for c in sim.invocations())
         return (calls[("ee-1-proxy", "pending")] == 1 and calls[("o2-1-proxy", "ok")] == 1
-                and calls[("three-2-proxy", "http_status")] == 1 and "vodafone" in statuses(db, event_id))
+                and calls[("three-2-proxy", "http_status")] == 2 and "vodafone" in statuses(db, event_id))
 
     with serving() as served:
         run_id = start_run(event_id)

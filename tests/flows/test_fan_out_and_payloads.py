@@ -80,20 +80,20 @@ def test_alert_update_and_cancel_reach_every_provider_with_the_spec_payloads(con
             calls = calls_for(sim, status.identifier)
             assert len(calls) == 1 and calls[0]["outcome"] == "ok", provider
         alert_payload = calls_for(sim, by_event[alert].identifier)[0]["payload"]
-        expected = _expected_alert(engine, alert, provider)
-        assert alert_payload == expected
+        # Every route answers, so each call is on the first route: (Lambda 1, cbc_a).
+        assert alert_payload == {**_expected_alert(engine, alert, provider), "cbc_target": "cbc_a"}
         update_payload = calls_for(sim, by_event[update].identifier)[0]["payload"]
         assert update_payload.pop("references") == [reference(engine, alert, provider)]
         assert update_payload == {
             **_expected_alert(engine, update, provider, body="Flood warning: updated"),
-            "message_type": "update",
+            "message_type": "update", "cbc_target": "cbc_a",
         }
         cancel_payload = calls_for(sim, by_event[cancel].identifier)[0]["payload"]
         expected_cancel = {
             "message_type": "cancel", "identifier": str(by_event[cancel].identifier),
             "message_format": "ibag" if provider == "vodafone" else "cap",
             "references": [reference(engine, alert, provider), reference(engine, update, provider)],
-            "sent": cap_time(sent_at(engine, cancel)),
+            "sent": cap_time(sent_at(engine, cancel)), "cbc_target": "cbc_a",
         }
         if provider == "vodafone":
             expected_cancel["message_number"] = by_event[cancel].message_number

@@ -34,7 +34,7 @@ def _time(call: dict) -> datetime:
     return datetime.fromisoformat(call["received_at"])
 
 
-def test_both_routes_failing_three_times_then_recovering_takes_four_attempts_with_one_identifier(configure, engine, sim):
+def test_every_route_failing_three_times_then_recovering_takes_four_attempts_with_one_identifier(configure, engine, sim):
     configure(ENABLED_CBCS="vodafone", BROADCAST_RETRY_DELAY_SCALE=str(SCALE))
     sim.fault("vodafone-1-proxy", http_status=500, times=6)
     sim.fault("vodafone-2-proxy", function_error="Unhandled", times=6)
@@ -44,7 +44,9 @@ def test_both_routes_failing_three_times_then_recovering_takes_four_attempts_wit
 
     status = statuses(engine, event_id)["vodafone"]
     calls = sim.invocations()
-    assert [c["function"] for c in calls] == ["vodafone-1-proxy", "vodafone-2-proxy"] * 3 + ["vodafone-1-proxy"]
+    routes = [f"{c['function']}/{c['payload']['cbc_target']}" for c in calls]
+    assert routes == ["vodafone-1-proxy/cbc_a", "vodafone-1-proxy/cbc_b", "vodafone-2-proxy/cbc_a",
+                      "vodafone-2-proxy/cbc_b"] * 3 + ["vodafone-1-proxy/cbc_a"]
     assert {c["payload"]["identifier"] for c in calls} == {str(status.identifier)}
     assert {c["payload"]["message_number"] for c in calls} == {status.message_number}
     assert provider_message_count(engine, event_id) == 1
@@ -53,7 +55,7 @@ def test_both_routes_failing_three_times_then_recovering_takes_four_attempts_wit
         ("sending", None), ("returned-error", 1), ("returned-error", 2), ("returned-error", 3), ("returned-ack", 4)
     ]
     # The wait before retry n is at least the (scaled) schedule's delay n: 0.1, 0.2, 0.4 s.
-    primaries = [_time(c) for c in calls if c["function"] == "vodafone-1-proxy"]
+    primaries = [_time(c) for c in calls if (c["function"], c["payload"]["cbc_target"]) == ("vodafone-1-proxy", "cbc_a")]
     gaps = [(b - a).total_seconds() for a, b in zip(primaries, primaries[1:])]
     assert all(gap >= delay for gap, delay in zip(gaps, scaled_delays(SCALE))), gaps
 

@@ -140,7 +140,8 @@ def test_sends_queued_behind_a_slow_network_wait_their_turn_and_none_is_taken_fo
     """Both routes time out, so each send holds the slot about 3 s; the third waits about 6 s,
     longer than the 5 s a waiter gives a holder that shows no sign of life. Live holders are not
     stuck: the three hold the slot one after the other, and none goes without it."""
-    configure(ENABLED_CBCS="ee", CBC_PROXY_CONNECT_TIMEOUT="0.5", CBC_PROXY_READ_TIMEOUT="1.5")
+    # One CBC: two routes, so a send that times out on both holds the slot 3 s.
+    configure(ENABLED_CBCS="ee", CBC_B_PROVIDERS="", CBC_PROXY_CONNECT_TIMEOUT="0.5", CBC_PROXY_READ_TIMEOUT="1.5")
     ensure_limits(["ee"])
     for route in ("ee-1-proxy", "ee-2-proxy"):
         sim.fault(route, delay_seconds=3, times=3)
