@@ -10,6 +10,7 @@ import uuid
 from datetime import datetime, timedelta
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
@@ -18,6 +19,7 @@ from broadcasts.db import get_engine, unit_of_work
 from broadcasts.expiry import Expired, expire_finished_broadcasts
 from broadcasts.models import MESSAGE_STATUSES, BroadcastMessage, utcnow
 from broadcasts.providers import get_provider
+from broadcasts.settings import Settings, describe_invalid_settings
 from tests.conftest import backend
 from tests.factories import make_event, make_message, make_service
 
@@ -169,3 +171,15 @@ def test_many_copies_at_once_complete_each_message_exactly_once(database_url, en
     for message_id in ids:
         _, history = read(engine, message_id)
         assert [status for status, _, _ in history] == ["completed"]
+
+
+def test_the_expiry_interval_defaults_to_a_minute_and_must_be_positive(monkeypatch):
+    monkeypatch.delenv("EXPIRY_INTERVAL_SECONDS", raising=False)
+    assert Settings().expiry_interval_seconds == 60
+    for bad in ("0", "-1", "soon"):
+        monkeypatch.setenv("EXPIRY_INTERVAL_SECONDS", bad)
+        with pytest.raises(ValidationError) as raised:
+            Settings()
+        assert describe_invalid_settings(raised.value).startswith("invalid configuration: EXPIRY_INTERVAL_SECONDS: ")
+    monkeypatch.setenv("EXPIRY_INTERVAL_SECONDS", "0.5")
+    assert Settings().expiry_interval_seconds == 0.5

@@ -1,5 +1,6 @@
 """What `broadcasts status` and `send-event` show an operator: failed routes one per line, the
-wait and its reason, a refusal said once, never escaped JSON."""
+wait and its reason, a refusal said once, never escaped JSON; the broadcast message's status and
+its completion on expiry."""
 
 from __future__ import annotations
 
