@@ -15,12 +15,15 @@ from sqlalchemy.orm import Session
 
 from broadcasts.errors import UnknownEvent
 from broadcasts.models import (
+    BROADCASTING,
+    COMPLETED,
     NUMBER_SEQUENCE,
     RETURNED_ACK,
     SENDING,
     BroadcastEvent,
     BroadcastEventRefusal,
     BroadcastMessage,
+    BroadcastMessageHistory,
     BroadcastProviderMessage,
     BroadcastProviderMessageNumber,
     BroadcastProviderMessageStatus,
@@ -357,3 +360,43 @@ def refused_providers(session: Session, event_ids: Sequence[uuid.UUID]) -> set[t
         .distinct()
     )
     return {(event_id, provider) for event_id, provider in rows}
+
+
+def complete_finished_messages(session: Session, now: datetime) -> list[BroadcastMessage]:
+    """Moves every `broadcasting` message whose `finishes_at` is before `now` to `completed`, and
+    returns the messages this call changed, oldest finish first.
+
+    One conditional UPDATE … RETURNING: a message another transaction completed first no longer
+    matches, so concurrent callers never both return it. On PostgreSQL the candidates are locked
+    in id order and skipped when another caller holds them (that caller completes them), so two
+    callers neither deadlock nor wait; on SQLite every write transaction holds the write lock.
+    """
+    due = (
+        select(BroadcastMessage.id)
+        .where(BroadcastMessage.status == BROADCASTING, BroadcastMessage.finishes_at < now)
+        .order_by(BroadcastMessage.id)
+        .with_for_update(skip_locked=True)
+    )
+    changed = session.scalars(
+        update(BroadcastMessage)
+        .where(BroadcastMessage.id.in_(due), BroadcastMessage.status == BROADCASTING)
+        .values(status=COMPLETED, updated_at=now)
+        .returning(BroadcastMessage)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return sorted(changed, key=lambda message: (message.finishes_at, message.id))
+
+
+def append_message_history(session: Session, message_id: uuid.UUID, status: str, reason: str,
+                           now: datetime) -> None:
+    session.add(BroadcastMessageHistory(broadcast_message_id=message_id, status=status, reason=reason,
+                                        created_at=now))
+    session.flush()
+
+
+def message_history(session: Session, message_id: uuid.UUID) -> list[BroadcastMessageHistory]:
+    return list(session.scalars(
+        select(BroadcastMessageHistory)
+        .where(BroadcastMessageHistory.broadcast_message_id == message_id)
+        .order_by(BroadcastMessageHistory.id)
+    ))

@@ -51,6 +51,7 @@ SENDING, RETURNED_ERROR, RETURNED_ACK, TECHNICAL_FAILURE = (
     "technical-failure",
 )
 PROVIDER_MESSAGE_STATUSES = (SENDING, RETURNED_ERROR, RETURNED_ACK, TECHNICAL_FAILURE)
+BROADCASTING, COMPLETED = "broadcasting", "completed"
 NUMBER_SEQUENCE = "broadcast_provider_message_number_seq"
 
 
@@ -156,6 +157,25 @@ class BroadcastMessage(Base):
     updated_at: Mapped[datetime | None] = mapped_column(onupdate=utcnow)
 
     service: Mapped[Service] = relationship()
+
+
+class BroadcastMessageHistory(Base):
+    """Append-only: each change the dispatcher makes to a broadcast message's status, and why. The
+    service's API keeps its own record of the changes it makes."""
+
+    __tablename__ = "broadcast_message_history"
+    __table_args__ = (
+        one_of("status", MESSAGE_STATUSES),
+        Index("ix_broadcast_message_history_message", "broadcast_message_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
+    broadcast_message_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("broadcast_message.id", name="fk_broadcast_message_history_message")
+    )
+    status: Mapped[str] = mapped_column(String(255))  # the status the message took
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class BroadcastEvent(Base):

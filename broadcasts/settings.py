@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     # it leaves the event to its own trigger first (docs/behaviour.md §7).
     resume_interval_seconds: float = Field(default=60.0, gt=0)
     resume_grace_seconds: float = Field(default=30.0, gt=0)
+    # How often expire-broadcasts completes the broadcasts past their finish time (docs/behaviour.md §7).
+    expiry_interval_seconds: float = Field(default=60.0, gt=0)
 
     @field_validator("enabled_cbcs", "cbc_b_providers", mode="before")
     @classmethod

@@ -1,4 +1,5 @@
-"""What happened to an event, per provider: the rows behind `broadcasts status` and the flow's table."""
+"""What happened to an event, per provider, and to its broadcast message: the rows behind
+`broadcasts status` and the flow's table."""
 
 from __future__ import annotations
 
@@ -21,6 +22,24 @@ class HistoryEntry:
     attempt: int | None
     route: str | None
     detail: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class MessageHistoryEntry:
+    status: str
+    reason: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class MessageStatus:
+    """The event's broadcast message: its status now, its finish time, and the status changes the
+    dispatcher made (auto-expiry)."""
+
+    broadcast_message_id: uuid.UUID
+    status: str
+    finishes_at: datetime | None
+    history: list[MessageHistoryEntry]
 
 
 REFUSED = "refused"  # shown for a provider whose send was refused: no provider message exists
@@ -76,3 +95,10 @@ def event_status(session: Session, event_id: uuid.UUID) -> list[ProviderStatus]:
         if provider not in found:
             found[provider] = ProviderStatus(provider, REFUSED, None, None, 0, refusal.reason)
     return [found[p] for p in PROVIDERS if p in found]
+
+
+def message_status(session: Session, event_id: uuid.UUID) -> MessageStatus:
+    """The broadcast message of the event and its history, oldest first (raises UnknownEvent)."""
+    message = dao.get_event(session, event_id).broadcast_message
+    return MessageStatus(message.id, message.status, message.finishes_at, [
+        MessageHistoryEntry(row.status, row.reason, row.created_at) for row in dao.message_history(session, message.id)])

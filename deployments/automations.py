@@ -26,6 +26,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.events.actions import ChangeFlowRunState, SendNotification
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
+from flows.expire_broadcasts import FLOW_NAME as EXPIRY_FLOW
 from flows.link_tests import FLOW_NAME as LINK_TESTS_FLOW, ROUTE_FAILING_EVENT
 from flows.resume_dispatch import FLOW_NAME as RESUME_FLOW, NOT_STARTED_WITHIN
 from flows.send_broadcast_event import FLOW_NAME as SEND_EVENT_FLOW
@@ -64,7 +65,7 @@ def zombie_runs(heartbeat_seconds: float) -> AutomationCore:
                     "resume-dispatch finish its event with the same identifiers.",
         trigger=EventTrigger(
             match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related=_flows([*SEND_FLOWS, LINK_TESTS_FLOW, RESUME_FLOW]),
+            match_related=_flows([*SEND_FLOWS, LINK_TESTS_FLOW, RESUME_FLOW, EXPIRY_FLOW]),
             after={"prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
                     "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},

@@ -106,15 +106,16 @@ def status(
     event_id: Annotated[str, typer.Argument(help="The broadcast event id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Per provider: status, identifier, message number, and the history of every attempt."""
+    """The broadcast message's status and its history (completed on expiry), then per provider:
+    status, identifier, message number, and the history of every attempt."""
     from broadcasts.db import unit_of_work
-    from broadcasts.status import event_status
+    from broadcasts.status import event_status, message_status
     from deployments.report import status_output
 
     eid = parse_uuid(event_id, "event id")
     with unit_of_work(engine()) as session:
-        statuses = event_status(session, eid)
-    typer.echo(status_output(eid, statuses, as_json))
+        statuses, message = event_status(session, eid), message_status(session, eid)
+    typer.echo(status_output(eid, statuses, as_json, message))
 
 
 def run_and_report(flow_call: Any, event_id: uuid.UUID, providers: list[str] | None, as_json: bool,
@@ -230,8 +231,8 @@ def serve_command(
         "Prefect's runner starts each in a new process after a poll: 1-2 s later per alert.")] = True,
 ) -> None:
     """Run the service on this machine against PREFECT_API_URL: bootstrap, the webhook, alert runs
-    started in this process as soon as they are created (see `dispatcher`), and resume and link
-    tests on their schedules, until SIGTERM or Ctrl-C."""
+    started in this process as soon as they are created (see `dispatcher`), and resume, expiry and
+    link tests on their schedules, until SIGTERM or Ctrl-C."""
     from deployments import serve
 
     config = settings()

@@ -18,10 +18,12 @@ from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
 from broadcasts.settings import get_settings
 from deployments import names
+from flows.expire_broadcasts import FLOW_NAME as EXPIRY_FLOW
 from flows.link_tests import FLOW_NAME as LINK_TESTS_FLOW
 from flows.resume_dispatch import FLOW_NAME as RESUME_FLOW
 from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT, FLOW_NAME as SEND_EVENT_FLOW
 from flows.send_provider_message import DEPLOYMENT_NAME as SEND_PROVIDER_DEPLOYMENT, FLOW_NAME as SEND_PROVIDER_FLOW
+from flows.expire_broadcasts import EXPIRY_DESCRIPTION, expire_broadcasts
 from flows.link_tests import link_tests
 from flows.resume_dispatch import RESUME_DESCRIPTION, resume_dispatch
 from flows.send_broadcast_event import send_broadcast_event
@@ -82,6 +84,11 @@ def deployments() -> list[RunnerDeployment]:
             # No concurrency limit: a run killed while starting would hold the slot for minutes,
             # and two resumers at once are safe (their idempotency keys agree).
             interval=timedelta(seconds=settings.resume_interval_seconds),
+        ),
+        expire_broadcasts.to_deployment(
+            name=EXPIRY_FLOW, description=EXPIRY_DESCRIPTION,
+            # No concurrency limit, as for resume: two copies at once complete each message once.
+            interval=timedelta(seconds=settings.expiry_interval_seconds),
         ),
         link_tests.to_deployment(
             name=LINK_TESTS_FLOW, description=LINK_TESTS_DESCRIPTION, cron=settings.link_test_cron,

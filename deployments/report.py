@@ -1,6 +1,6 @@
-"""What the `broadcasts` command prints: an event's providers and their history, a run's
-per-provider table, link tests and their history; one line per fact, failed routes one per
-line, no escaped JSON (or, with --json, the same as JSON)."""
+"""What the `broadcasts` command prints: an event's broadcast message and providers with their
+history, a run's per-provider table, link tests and their history; one line per fact, failed
+routes one per line, no escaped JSON (or, with --json, the same as JSON)."""
 
 from __future__ import annotations
 
@@ -13,15 +13,26 @@ from typing import Any
 from broadcasts.errors import failed_route_name
 from broadcasts.link_test_history import RouteHistory
 from broadcasts.models import RouteAdvice
-from broadcasts.status import HistoryEntry, ProviderStatus
+from broadcasts.status import HistoryEntry, MessageStatus, ProviderStatus
 
 
-def status_output(event_id: uuid.UUID, statuses: list[ProviderStatus], as_json: bool) -> str:
+def status_output(event_id: uuid.UUID, statuses: list[ProviderStatus], as_json: bool,
+                  message: MessageStatus | None = None) -> str:
+    """With --json, the per-provider list only (its shape is what scripts read)."""
     if as_json:
         return json.dumps([{**s.as_row(), "history": [
             {**h.__dict__, "created_at": h.created_at.isoformat()} for h in s.history
         ]} for s in statuses], indent=2)
-    return "\n".join(status_lines(statuses) if statuses else [f"event {event_id}: nothing sent yet"])
+    lines = message_lines(message) if message is not None else []
+    return "\n".join(lines + (status_lines(statuses) if statuses else [f"event {event_id}: nothing sent yet"]))
+
+
+def message_lines(message: MessageStatus) -> list[str]:
+    """The message's status and finish time, then each status change the dispatcher made."""
+    finishes = message.finishes_at.isoformat(timespec="milliseconds") if message.finishes_at else "not set"
+    return [f"broadcast message {message.broadcast_message_id}: {message.status}  finishes at {finishes}"] + [
+        f"    {entry.created_at.isoformat(timespec='milliseconds')}  {entry.status}  {entry.reason}"
+        for entry in message.history]
 
 
 def run_output(state: Any, rows: list[dict[str, Any]], as_json: bool) -> str:

@@ -1,8 +1,9 @@
 """`broadcasts serve`: the one-machine topology. Bootstrap, then the webhook (unless told not to)
 and every deployment (deployments/definitions.py) served from this process against
 `PREFECT_API_URL`, until SIGTERM/SIGINT: the alert deployments run by the warm dispatcher in this
-process (deployments/dispatcher.py) the moment a run is created, resume-dispatch and link-tests by
-Prefect's Runner on their schedules, each run in a fresh process.
+process (deployments/dispatcher.py) the moment a run is created, resume-dispatch,
+expire-broadcasts and link-tests by Prefect's Runner on their schedules, each run in a fresh
+process.
 """
 
 from __future__ import annotations

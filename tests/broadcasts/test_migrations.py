@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, insert, inspect
+from sqlalchemy import Engine, func, insert, inspect, select
 from sqlalchemy.exc import IntegrityError
 
 from broadcasts.db import get_engine, unit_of_work
-from broadcasts.migrate import upgrade
+from broadcasts.migrate import downgrade, upgrade
 from broadcasts.models import (
     Base,
     BroadcastEvent,
     BroadcastMessage,
+    BroadcastMessageHistory,
     BroadcastProviderMessage,
     BroadcastProviderMessageNumber,
     BroadcastProviderMessageStatus,
@@ -148,3 +149,31 @@ def test_upgrading_a_database_with_events_keeps_them_their_order_and_what_refers
         assert timedelta(0) <= created.created_at - sent_at < timedelta(minutes=1)
     with pytest.raises(IntegrityError), unit_of_work(empty_engine) as session:  # foreign keys still hold
         session.add(BroadcastProviderMessage(broadcast_event_id=uuid.uuid4(), provider="ee", status="sending"))
+
+
+def test_upgrading_adds_an_empty_message_history_and_downgrading_takes_only_it_away(empty_engine):
+    upgrade(empty_engine, "0003")  # before the dispatcher recorded message status changes
+    message_id, service_id = uuid.uuid4(), uuid.uuid4()
+    with unit_of_work(empty_engine) as session:
+        session.execute(insert(Service.__table__).values(id=service_id, name="s", active=True, restricted=False))
+        session.execute(insert(BroadcastMessage.__table__).values(
+            id=message_id, service_id=service_id, content="c", areas={"simple_polygons": [SQUARE]},
+            status="broadcasting", stubbed=False, created_at=utcnow()))
+
+    upgrade(empty_engine)
+
+    columns = {c["name"] for c in inspect(empty_engine).get_columns("broadcast_message_history")}
+    assert columns == {"id", "broadcast_message_id", "status", "reason", "created_at"}
+    with unit_of_work(empty_engine) as session:
+        assert session.scalar(select(func.count()).select_from(BroadcastMessageHistory)) == 0
+        assert session.get_one(BroadcastMessage, message_id).status == "broadcasting"
+        session.add(BroadcastMessageHistory(broadcast_message_id=message_id, status="completed", reason="r",
+                                            created_at=utcnow()))
+    with pytest.raises(IntegrityError), unit_of_work(empty_engine) as session:  # a status of the contract only
+        session.add(BroadcastMessageHistory(broadcast_message_id=message_id, status="expired", reason="r",
+                                            created_at=utcnow()))
+
+    downgrade(empty_engine, "0003")
+    assert "broadcast_message_history" not in inspect(empty_engine).get_table_names()
+    with unit_of_work(empty_engine) as session:
+        assert session.get_one(BroadcastMessage, message_id).status == "broadcasting"

@@ -1,13 +1,19 @@
 """What `broadcasts status` and `send-event` show an operator: failed routes one per line, the
-wait and its reason, a refusal said once, never escaped JSON."""
+wait and its reason, a refusal said once, never escaped JSON; the broadcast message's status and
+its completion on expiry."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 import pytest
 
 from broadcasts import dispatch
 from broadcasts.cbc_proxy import get_proxy
+from broadcasts.db import unit_of_work
 from broadcasts.errors import AllRoutesFailed, EarlierEventPending
+from broadcasts.expiry import expire_finished_broadcasts
+from broadcasts.models import BroadcastMessage, utcnow
 from broadcasts.settings import get_settings
 from tests.factories import make_event, make_message, make_service
 
@@ -59,3 +65,35 @@ def test_a_refused_send_prints_the_table_with_the_reason_once(cli, configure, en
         f"Failed: event {event_id} not acknowledged by ee, three, o2, vodafone (refused: {reason})")
     assert result.stdout.splitlines()[-1] == f"  why: {reason}"
     assert sim.invocations() == []
+
+
+def test_status_shows_the_broadcast_message_and_its_completion_on_expiry(cli, engine):
+    service_id = make_service(engine)
+    message_id = make_message(engine, service_id)
+    event_id = make_event(engine, service_id, message_id)
+    before = cli("status", str(event_id))
+    assert before.exit_code == 0, before.output
+    finishes_at = read_finishes_at(engine, message_id)
+    assert before.stdout.splitlines() == [
+        f"broadcast message {message_id}: broadcasting  finishes at {finishes_at.isoformat(timespec='milliseconds')}",
+        f"event {event_id}: nothing sent yet",
+    ]
+
+    finished = utcnow() - timedelta(seconds=1)
+    with unit_of_work(engine) as session:
+        session.get_one(BroadcastMessage, message_id).finishes_at = finished
+    now = utcnow()
+    assert [e.broadcast_message_id for e in expire_finished_broadcasts(engine, now)
+            if e.broadcast_message_id == message_id] == [message_id]
+
+    after = cli("status", str(event_id)).stdout.splitlines()
+    shown = finished.isoformat(timespec="milliseconds")
+    assert after[:2] == [
+        f"broadcast message {message_id}: completed  finishes at {shown}",
+        f"    {now.isoformat(timespec='milliseconds')}  completed  expired: finishes_at {shown} passed",
+    ]
+
+
+def read_finishes_at(engine, message_id):  # type: ignore[no-untyped-def]
+    with unit_of_work(engine) as session:
+        return session.get_one(BroadcastMessage, message_id).finishes_at

@@ -8,6 +8,7 @@ from prefect.flows import load_flow_from_entrypoint
 
 from broadcasts.settings import Settings, get_settings
 from deployments import names
+from flows.expire_broadcasts import FLOW_NAME as EXPIRY_FLOW
 from flows.link_tests import FLOW_NAME as LINK_TESTS_FLOW
 from flows.resume_dispatch import FLOW_NAME as RESUME_FLOW
 from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT, FLOW_NAME as SEND_EVENT_FLOW
@@ -28,6 +29,7 @@ def test_every_deployment_runs_on_the_alerts_queue_of_the_pool_from_the_installe
         SEND_PROVIDER_FLOW: (names.WORK_POOL, names.ALERTS_QUEUE),
         LINK_TESTS_FLOW: (names.WORK_POOL, names.LINK_TESTS_QUEUE),
         RESUME_FLOW: (names.WORK_POOL, names.ALERTS_QUEUE),
+        EXPIRY_FLOW: (names.WORK_POOL, names.ALERTS_QUEUE),
     }
 
 
@@ -62,4 +64,13 @@ def test_resume_dispatch_runs_every_interval_with_no_slot_to_leak_in_both_places
     (served,) = [d for d in deployments() if d.name == RESUME_FLOW]
     assert declared["schedules"] == [{"interval": Settings.model_fields["resume_interval_seconds"].default}]
     assert [s.schedule.interval.total_seconds() for s in served.schedules] == [get_settings().resume_interval_seconds]
+    assert "concurrency_limit" not in declared and served.concurrency_limit is None
+
+
+def test_expire_broadcasts_runs_every_minute_with_no_slot_to_leak_in_both_places():
+    (declared,) = [d for d in project()["deployments"] if d["name"] == EXPIRY_FLOW]
+    (served,) = [d for d in deployments() if d.name == EXPIRY_FLOW]
+    assert Settings.model_fields["expiry_interval_seconds"].default == 60
+    assert declared["schedules"] == [{"interval": 60}]
+    assert [s.schedule.interval.total_seconds() for s in served.schedules] == [get_settings().expiry_interval_seconds]
     assert "concurrency_limit" not in declared and served.concurrency_limit is None
