@@ -89,7 +89,7 @@ UPDATE=$("$BIN/broadcasts" event create --type update --message "$MESSAGE" --jso
     --body "Rhybudd llifogydd: symudwch i dir uwch nawr. Peidiwch ag yfed dŵr tap." | json_field broadcast_event_id)
 "$BIN/broadcasts" trigger "$UPDATE" --url "$WEBHOOK" --wait
 
-step "A cancel while both Vodafone proxies fail twice: retried until acknowledged"
+step "A cancel while both Vodafone proxies fail twice, so every route of its first attempt fails: retried until acknowledged"
 fault '{"function": "vodafone-1-proxy", "function_error": "Unhandled", "times": 2}'
 fault '{"function": "vodafone-2-proxy", "http_status": 503, "times": 2}'
 CANCEL=$("$BIN/broadcasts" event create --type cancel --message "$MESSAGE" --json | json_field broadcast_event_id)
