@@ -57,3 +57,23 @@ def test_a_refused_send_prints_the_table_with_the_reason_once(cli, configure, en
         f"Failed: event {event_id} not acknowledged by ee, three, o2, vodafone (refused: {reason})")
     assert result.stdout.splitlines()[-1] == f"  why: {reason}"
     assert sim.invocations() == []
+
+
+def test_send_event_of_an_alert_superseded_on_one_network_completes_with_exit_code_0(cli, engine, sim, prefect_server):
+    service_id = make_service(engine)
+    message_id = make_message(engine, service_id)
+    alert = make_event(engine, service_id, message_id)
+    sim.fault("ee-1-proxy", http_status=500, times=1)
+    sim.fault("ee-2-proxy", http_status=500, times=1)
+    with pytest.raises(AllRoutesFailed):
+        send(engine, alert)
+    send(engine, alert, "vodafone")  # acknowledged before the cancel is written
+    cancel = make_event(engine, service_id, message_id, message_type="cancel")
+
+    result = cli("send-event", str(alert))
+
+    assert result.exit_code == 0, result.stdout  # superseded is finished, not failed
+    first, *table = result.stdout.splitlines()
+    assert first.startswith(f"Completed: event {alert} acknowledged by vodafone; ee superseded by cancel {cancel}")
+    assert any(line.split()[:2] == ["ee", "superseded"] for line in table), table
+    assert cli("status", str(alert)).stdout.splitlines()[0].startswith("ee: superseded  identifier ")

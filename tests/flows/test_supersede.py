@@ -1,0 +1,109 @@
+"""A cancel written while one network keeps failing the alert (docs/behaviour.md §4 rule 6), end to
+end on the test Prefect server and the simulator: the alert's send to that network ends
+superseded within one retry interval, its run completes (superseded is not a failure, so nothing
+pages), and the cancel is acknowledged by all four networks, one identifier each, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import datetime, timedelta
+
+import pytest
+
+from broadcasts.models import SUPERSEDED, utcnow
+from tasks.send_to_provider import PROVIDER_BLOCKED_EVENT
+from tests.factories import make_event, make_message, make_service
+from tests.flows.helpers import (
+    in_thread,
+    prefect_events,
+    provider_message_count,
+    reference,
+    run_event,
+    statuses,
+)
+from tests.support.polling import wait_until
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+ALL = ("ee", "three", "o2", "vodafone")
+SCALE = 0.1  # retry intervals 0.1, 0.2, 0.4, 0.8, 1.6 … s
+SLACK = 2.0  # a retry's start-up, and the cancel's own run, on a busy machine
+
+
+def _time(call: dict) -> datetime:
+    return datetime.fromisoformat(call["received_at"])
+
+
+def _artifact_rows(event_id) -> list[dict]:  # type: ignore[no-untyped-def]
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def latest():  # type: ignore[no-untyped-def]
+        async with get_client() as client:
+            return await client.read_latest_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"broadcast-event-{event_id}"])))
+
+    [artifact] = asyncio.run(latest())
+    return artifact.data if isinstance(artifact.data, list) else json.loads(artifact.data)
+
+
+@pytest.mark.sqlite
+def test_a_cancel_written_while_o2_keeps_failing_the_alert_supersedes_it_and_reaches_all_four(configure, engine, sim):
+    configure(ENABLED_CBCS=",".join(ALL), BROADCAST_RETRY_DELAY_SCALE=str(SCALE))
+    since = utcnow()
+    sim.fault("o2-1-proxy", http_status=500)  # every call, until the end of the test
+    sim.fault("o2-2-proxy", http_status=500)
+    service_id = make_service(engine)
+    message_id = make_message(engine, service_id)
+    alert = make_event(engine, service_id, message_id, sent_at=utcnow())
+    states = {}
+    ended = {}
+    alert_run = in_thread(lambda: (states.setdefault("alert", run_event(alert)),
+                                   ended.setdefault("alert", time.monotonic())))
+    wait_until(lambda: (o2 := statuses(engine, alert).get("o2")) and o2.attempts >= 3, 30,
+               "the alert to fail three times on o2")
+
+    cancel = make_event(engine, service_id, message_id, message_type="cancel", sent_at=utcnow() + timedelta(seconds=1))
+    written, attempts = time.monotonic(), statuses(engine, alert)["o2"].attempts
+    # o2 answers again from now on, so an alert call after the cancel would be acknowledged, not hidden.
+    before = sim.invocations()
+    sim.reset()
+    states["cancel"] = run_event(cancel)
+    alert_run.join(30)
+
+    # The alert's o2 task stopped at its next attempt: within one retry interval of the cancel.
+    interval = 2 ** attempts * SCALE  # the longest wait it could have been in (one more attempt may have started)
+    assert not alert_run.is_alive(), "the alert's o2 send went on retrying after the cancel"
+    assert states["alert"].is_completed(), states["alert"].message  # superseded is not a failure
+    assert f"o2 superseded by cancel {cancel}" in states["alert"].message
+    found = statuses(engine, alert)
+    assert {p: s.status for p, s in found.items()} == {"ee": "returned-ack", "three": "returned-ack",
+                                                       "o2": SUPERSEDED, "vodafone": "returned-ack"}
+    superseded_at = found["o2"].history[-1].created_at
+    assert ended["alert"] - written <= interval + SLACK, (
+        f"the alert's run ended {ended['alert'] - written:.1f} s after the cancel was written; its retry interval "
+        f"was at most {interval:.1f} s")
+    invocations = before + sim.invocations()
+
+    def calls(identifier):  # type: ignore[no-untyped-def]
+        return [c for c in invocations if c["payload"].get("identifier") == str(identifier)]
+
+    alert_calls = calls(found["o2"].identifier)
+    assert len(alert_calls) >= 2 * attempts and all(c["outcome"] != "ok" for c in alert_calls)
+    assert all(_time(c) <= superseded_at for c in alert_calls), "an o2 alert call started after it was superseded"
+    assert [(r["provider"], r["status"]) for r in _artifact_rows(alert)] == [
+        ("ee", "returned-ack"), ("three", "returned-ack"), ("o2", SUPERSEDED), ("vodafone", "returned-ack")]
+
+    # The cancel: all four networks, one identifier each, after the alert, referring to it.
+    assert states["cancel"].is_completed(), states["cancel"].message
+    sent = statuses(engine, cancel)
+    assert provider_message_count(engine, cancel) == 4
+    assert {p: s.status for p, s in sent.items()} == {p: "returned-ack" for p in ALL}
+    for provider in ALL:
+        cancels = calls(sent[provider].identifier)
+        assert [c["outcome"] for c in cancels] == ["ok"], provider
+        assert cancels[0]["payload"]["message_type"] == "cancel"
+        assert cancels[0]["payload"]["references"] == [reference(engine, alert, provider)]
+        assert all(_time(cancels[0]) > _time(a) for a in calls(found[provider].identifier)), f"{provider}: out of order"
+    assert prefect_events(PROVIDER_BLOCKED_EVENT, since) == []
