@@ -64,8 +64,11 @@ def earlier_for_cancel(session: Session, cancel: BroadcastEvent, provider: Provi
     rule 5: its broadcast's earlier alerts and updates still under way for `provider`. One never
     attempted gets its provider message now, so the cancel refers to its identifier (a cancel must
     refer to something) and its own run finds it superseded; a refused one has no identifier and
-    gets none."""
-    earlier = [e.id for e in dao.earlier_events(session, cancel) if e.message_type != "cancel"]
+    gets none. Only the events before the broadcast's first cancel: one written after a cancel is
+    refused, not superseded (rule 1), and allocates no identifier."""
+    events = dao.earlier_events(session, cancel)
+    first_cancel = next((i for i, e in enumerate(events) if e.message_type == "cancel"), len(events))
+    earlier = [e.id for e in events[:first_cancel]]
     messages = {m.broadcast_event_id: m for m in dao.provider_messages(session, earlier, provider.name)}
     refused = dao.refusal_reasons(session, [e for e in earlier if e not in messages], provider.name)
     for event_id in earlier:

@@ -14,7 +14,7 @@ import pytest
 
 from broadcasts import dao, dispatch, send_lock
 from broadcasts.db import unit_of_work
-from broadcasts.errors import AllRoutesFailed, EarlierEventPending, Superseded
+from broadcasts.errors import AllRoutesFailed, BroadcastCancelled, EarlierEventPending, Superseded
 from broadcasts.models import SUPERSEDED, utcnow
 from broadcasts.status import event_status
 from deployments.report import status_lines
@@ -140,6 +140,7 @@ def test_a_cancel_written_while_the_alerts_call_is_in_flight_waits_for_its_outco
     cancel refers to it; a failure is recorded, then the next attempt supersedes it."""
     service_id, message_id = broadcast(engine)
     alert = make_event(engine, service_id, message_id, sent_at=utcnow())
+    # In flight for 1.5 s (under the test's 2 s read timeout): time to write the cancel and try it.
     sim.fault("ee-1-proxy", delay_seconds=1.5, times=1, **({"http_status": 500} if answer == "failure" else {}))
     if answer == "failure":
         sim.fault("ee-2-proxy", http_status=500, times=1)
@@ -239,3 +240,23 @@ def test_a_superseded_message_changes_only_to_returned_ack(environment, engine, 
             assert dao.append_status(session, message, status, detail={"error": "late"}) is None
         assert dao.append_status(session, message, "returned-ack", route="ee-1-proxy") is not None
     assert [h.status for h in statuses(engine, alert)["ee"].history][-2:] == [SUPERSEDED, "returned-ack"]
+
+
+def test_an_update_written_after_a_cancel_is_refused_not_superseded_by_a_second_cancel(environment, engine, sim):
+    service_id, message_id = broadcast(engine)
+    start = utcnow()
+    alert = make_event(engine, service_id, message_id, sent_at=start)
+    assert send(engine, alert).status == "returned-ack"
+    first = make_event(engine, service_id, message_id, message_type="cancel", sent_at=start + timedelta(seconds=1))
+    assert send(engine, first).status == "returned-ack"
+    late = make_event(engine, service_id, message_id, message_type="update", sent_at=start + timedelta(seconds=2))
+    second = make_event(engine, service_id, message_id, message_type="cancel", sent_at=start + timedelta(seconds=3))
+
+    with pytest.raises(EarlierEventPending):  # for the update's own run, which refuses it
+        send(engine, second)
+    with pytest.raises(BroadcastCancelled):
+        send(engine, late)
+    assert send(engine, second).status == "returned-ack"
+
+    assert statuses(engine, late)["ee"].status == "refused"  # no identifier allocated
+    assert references(sim, engine, second) == [str(statuses(engine, e)["ee"].identifier) for e in (alert, first)]
