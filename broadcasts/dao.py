@@ -20,6 +20,7 @@ from broadcasts.models import (
     NUMBER_SEQUENCE,
     RETURNED_ACK,
     SENDING,
+    SUPERSEDED,
     BroadcastEvent,
     BroadcastEventRefusal,
     BroadcastMessage,
@@ -169,15 +170,18 @@ def append_status(
     detail: dict[str, Any] | None = None,
 ) -> BroadcastProviderMessageStatus | None:
     """Makes `status` current and adds its history row, in one transaction. An acknowledged
-    message keeps `returned-ack` for good: then nothing is written and None is returned.
+    message keeps `returned-ack` for good, and a superseded one changes only to `returned-ack` (a
+    call's acknowledgement is the truth about its identifier, even from a run that lost its lock
+    during the call): otherwise nothing is written and None is returned.
 
     The status update runs first: it locks the row, so concurrent writers take their history
     ids in the order they commit and the newest history row is always the current status.
     """
     now = utcnow()
+    final = (RETURNED_ACK,) if status == RETURNED_ACK else (RETURNED_ACK, SUPERSEDED)
     changed = session.execute(
         update(BroadcastProviderMessage)
-        .where(BroadcastProviderMessage.id == message.id, BroadcastProviderMessage.status != RETURNED_ACK)
+        .where(BroadcastProviderMessage.id == message.id, BroadcastProviderMessage.status.notin_(final))
         .values(status=status, updated_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount

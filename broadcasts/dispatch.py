@@ -6,7 +6,8 @@ It is safe to run any number of times, concurrently, after a crash or after succ
 - the provider message (the identifier the network sees) is created once and reused, and the
   payload it carries is fixed at the first attempt, so one identifier is always one message;
 - once it is `returned-ack` nothing calls the proxy for it again; once it is `technical-failure`
-  only an operator's replay (`Mode.replay_failed`) does;
+  only an operator's replay (`Mode.replay_failed`) does; once a later cancel has superseded it
+  (`supersede`) nothing does;
 - a database lock (`send_lock`) stops two runs calling the proxy for it at the same time, and
   only the run holding that lock records what a call did (a lock lost during the call is said
   in the record, which still tells the truth about the identifier);
@@ -31,7 +32,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from broadcasts import dao, guards, route_advisor, send_lock
+from broadcasts import dao, guards, route_advisor, send_lock, supersede
 from broadcasts import dispatch_records as records
 from broadcasts.cbc_proxy import CBCProxy, Delivered
 from broadcasts.db import TRANSIENT_DATABASE_ERRORS, unit_of_work
@@ -51,11 +52,13 @@ from broadcasts.errors import (
     SendInProgress,
     SendLockLost,
     SendRefused,
+    Superseded,
 )
 from broadcasts.models import (
     RETURNED_ACK,
     RETURNED_ERROR,
     SENDING,
+    SUPERSEDED,
     TECHNICAL_FAILURE,
     BroadcastEvent,
     BroadcastProviderMessage,
@@ -99,16 +102,32 @@ class _Ready:
     expires_at: datetime | None
 
 
+@dataclass(frozen=True)
+class _Superseding:
+    """Rule 6 applies: recorded under the message's lock (`_supersede`), never from the checks."""
+
+    event_id: uuid.UUID
+    message_id: uuid.UUID
+
+
 def _ack(message: BroadcastProviderMessage, route: str | None, sent_now: bool) -> SendResult:
     return SendResult(message.provider, RETURNED_ACK, message.id, message.message_number, route, sent_now)
 
 
+def superseded_result(error: Superseded) -> SendResult:
+    """What a superseded send ends with: final, and not a failure."""
+    return SendResult(error.provider, SUPERSEDED, error.provider_message_id, error.message_number, None,
+                      sent_now=False)
+
+
 def _prepare(
     session: Session, event: BroadcastEvent, provider: Provider, headline: str, now: datetime, mode: Mode
-) -> _Ready | SendResult:
-    """Rules 2-5 of docs/behaviour.md §4, then the provider message and the payload fixed for it."""
+) -> _Ready | _Superseding | SendResult:
+    """Rules 2-6 of docs/behaviour.md §4, then the provider message and the payload fixed for it."""
     message = dao.get_provider_message(session, event.id, provider.name)
     _ensure_not_failed(session, event.id, provider.name, message, mode)  # before rule 2 records anything
+    if message is not None and message.status == SUPERSEDED:  # final for every run: nothing recorded
+        raise supersede.recorded(session, message)
     guards.ensure_valid_broadcast(event, now)
     if guards.is_acknowledged(message):
         assert message is not None
@@ -116,6 +135,10 @@ def _prepare(
     guards.ensure_not_expired(event, now, attempted=records.attempted(session, message))
     earlier = dao.earlier_events(session, event)
     guards.ensure_not_cancelled(event, earlier)
+    if supersede.superseding_cancel(session, event) is not None and (
+            message is None or message.status in supersede.SUPERSEDABLE):  # rule 6
+        message = dao.get_or_create_provider_message(session, event.id, provider.name, provider.numbered)
+        return _Superseding(event.id, message.id)
     _ensure_cancel_not_sent(session, event, provider.name)
     earlier_messages = {
         m.broadcast_event_id: m
@@ -151,7 +174,9 @@ def _ensure_cancel_not_sent(session: Session, event: BroadcastEvent, provider: s
     """Rule 1, after the fact: an alert or update (a replay, say) is refused once a later cancel
     of its broadcast may have reached this provider: anything but a cancel that has only waited
     (for this event, or another earlier one) and was never attempted. A cancel goes ahead past a
-    failed or refused event (rule 5), so without this a replay of that event would follow it."""
+    failed or refused event (rule 5), so without this a replay of that event would follow it.
+    Checked after rule 6, which supersedes every send still under way: what is left here is an
+    operator's replay of a `technical-failure` message."""
     if event.message_type == "cancel":
         return
     for cancel in dao.later_cancels(session, event):
@@ -226,6 +251,7 @@ def _send(
     route_advice_seconds: float,
 ) -> SendResult:
     stop: Exception | None = None
+    _supersede_earlier(engine, event_id, provider, enabled)
     with unit_of_work(engine) as session:
         event = dao.get_event(session, event_id)
         expires_at = event.finishes_at
@@ -238,7 +264,7 @@ def _send(
         except (InvalidBroadcast, EventExpired, EarlierEventFailed, PayloadError) as error:
             records.record_failure(session, event_id, provider, error)
             stop = error
-        except (RetryableError, EndedTechnicalFailure) as error:  # the latter records nothing
+        except (RetryableError, EndedTechnicalFailure, Superseded) as error:  # the last two record nothing
             stop = error
     try:
         # Raised after the transaction above commits, so what was recorded stays recorded.
@@ -246,10 +272,28 @@ def _send(
             raise stop
         if isinstance(ready, SendResult):
             return ready
+        if isinstance(ready, _Superseding):
+            return _supersede(engine, provider, ready)
         return _attempt(engine, proxy, provider, ready, provider_slot, now, mode, route_advice_seconds)
     except RetryableError as error:
         error.expires_at = expires_at  # retrying must stop when the event expires
         raise
+
+
+def _supersede_earlier(engine: Engine, event_id: uuid.UUID, provider: Provider, enabled: Sequence[str]) -> None:
+    """A cancel's part of rule 6, before its checks and outside their transaction, since it takes
+    other messages' locks. A cancel that rule 1 refuses supersedes nothing (and allocates
+    nothing): the checks then refuse it and record why."""
+    with unit_of_work(engine) as session:
+        event = dao.get_event(session, event_id)
+        if event.message_type != "cancel":
+            return
+        try:
+            _ensure_may_send(session, event, provider.name, enabled)
+        except SendRefused:
+            return
+        message_ids = supersede.earlier_for_cancel(session, event, provider)
+    supersede.each(engine, message_ids, event_id)
 
 
 def _ensure_may_send(session: Session, event: BroadcastEvent, provider: str, enabled: Sequence[str]) -> None:
@@ -258,6 +302,22 @@ def _ensure_may_send(session: Session, event: BroadcastEvent, provider: str, ena
     available = dao.available_providers(session, event.service_id, enabled)
     if provider not in available:
         raise ProviderNotAvailable(event.id, provider, available)
+
+
+def _supersede(engine: Engine, provider: Provider, target: _Superseding) -> SendResult:
+    """Rule 6, decided under the message's lock: a call another run has in flight is recorded by
+    that run (an acknowledgement stays), and this run tries again later."""
+    with send_lock.exclusive(engine, target.message_id) as lock:
+        if not lock:
+            raise SendInProgress(target.event_id, provider.name)
+        with unit_of_work(engine) as session:
+            message = session.get_one(BroadcastProviderMessage, target.message_id)
+            if guards.is_acknowledged(message):  # that call was acknowledged: nothing to supersede
+                return _ack(message, None, sent_now=False)
+            _ensure_not_failed(session, target.event_id, provider.name, message, Mode())  # ended meanwhile
+            superseded = supersede.under_lock(session, dao.get_event(session, target.event_id), message)
+    assert superseded is not None, "a later cancel exists and the message is still under way"
+    raise superseded
 
 
 def _attempt(
@@ -284,11 +344,15 @@ def _attempt(
                     return _ack(message, None, sent_now=False)
                 # Another run may have ended it technical-failure since this one prepared.
                 _ensure_not_failed(session, ready.event_id, provider.name, message, mode)
+                # A cancel written since this run prepared: the call must not start (rule 6).
+                superseded = supersede.under_lock(session, dao.get_event(session, ready.event_id), message)
                 attempt = dao.attempts_so_far(session, message.id) + 1
                 if message.status == TECHNICAL_FAILURE:  # an operator's replay
                     dao.append_status(session, message, SENDING, detail={"reason": "replayed"})
                 routes = route_advisor.ordered_routes(session, provider.name, proxy.routes(provider), now(),
                                                       route_advice_seconds)
+            if superseded is not None:
+                raise superseded
             outcome: Delivered | AllRoutesFailed | None = None  # None: expired before the call
             extra = {"slot_stuck": slot_note} if slot_note else {}
             if not _has_expired(ready, now()):  # waiting for the slot can take a while

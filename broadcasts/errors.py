@@ -27,6 +27,9 @@
         │   └── EarlierEventRefused   an earlier event was refused for this provider
         ├── EndedTechnicalFailure an automatic run found it technical-failure: only a replay
         │                         sends it again (nothing recorded)
+        ├── Superseded            a later cancel of its broadcast stopped this alert or update
+        │                         before the network acknowledged it → superseded; not a failure:
+        │                         the task and the flow end Completed
         ├── PayloadError          a payload cannot be built from the stored rows
         ├── UnexpectedError       anything else (a bug, a malformed row) → technical-failure
         ├── UnknownEvent
@@ -40,6 +43,7 @@ Messages name the event, the provider and the next command to run.
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import datetime
 
 
@@ -227,6 +231,24 @@ class EndedTechnicalFailure(NotSendable):
             f"an automatic run does not send it again. After fixing the cause: "
             f"`{replay_command(event_id, provider)}`, or `broadcasts send-event {event_id}` for every provider"
         )
+
+
+class Superseded(NotSendable):
+    """A later cancel stopped this alert or update before the network acknowledged it: the
+    broadcast is over, so sending it now would only broadcast a cancelled alert. Final for every
+    run, replays included, and not a failure (the cancel is what the operator wanted)."""
+
+    def __init__(
+        self, event_id: object, provider: str, cancel_event_id: object, provider_message_id: uuid.UUID,
+        message_number: int | None,
+    ) -> None:
+        self.event_id, self.provider, self.cancel_event_id = event_id, provider, cancel_event_id
+        self.provider_message_id, self.message_number = provider_message_id, message_number
+        # What `broadcasts status` shows on the superseded row.
+        # It names no provider, so one run's message says it once for all the providers it shares.
+        self.reason = (f"superseded by cancel {cancel_event_id} of its broadcast: not acknowledged before the "
+                       "cancel, so no longer sent; the cancel is sent instead")
+        super().__init__(f"event {event_id} to {provider} {self.reason}")
 
 
 class PayloadError(NotSendable):

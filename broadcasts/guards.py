@@ -22,6 +22,7 @@ from broadcasts.errors import (
 )
 from broadcasts.models import (
     RETURNED_ACK,
+    SUPERSEDED,
     TECHNICAL_FAILURE,
     BroadcastEvent,
     BroadcastProviderMessage,
@@ -97,11 +98,13 @@ def ensure_earlier_events_acknowledged(
     first) must be acknowledged by this provider. `refused`: the latest refusal reason of this
     provider for earlier events, by event id.
 
-    A failed earlier event is final: it ended technical-failure, or it was refused (a refusal and
-    no provider message). It blocks an alert or update, and never holds a cancel: the cancel is
-    sent, since a network may hold the earlier event from an attempt whose answer was lost. One
-    still in progress (sending, returned-error, or no provider message and not refused) makes
-    this send wait, a cancel's too. A failed event is checked before a pending one.
+    A failed earlier event is final: it ended technical-failure or superseded (rule 6), or it was
+    refused (a refusal and no provider message). It blocks an alert or update, and never holds a
+    cancel: the cancel is sent, since a network may hold the earlier event from an attempt whose
+    answer was lost. One still in progress (sending, returned-error, or no provider message and
+    not refused) makes this send wait, a cancel's too (a cancel's attempt has first superseded
+    every earlier alert and update it could, rule 6: what it still waits for has a call in
+    flight). A failed event is checked before a pending one.
     """
     refused = refused or {}
     earlier = [(e, m) for e, m in earlier if e.order_key < event.order_key]  # later ones: ignored
@@ -109,7 +112,7 @@ def ensure_earlier_events_acknowledged(
     def failed(earlier_event: BroadcastEvent, message: BroadcastProviderMessage | None) -> bool:
         if message is None:
             return earlier_event.id in refused
-        return message.status == TECHNICAL_FAILURE
+        return message.status in (TECHNICAL_FAILURE, SUPERSEDED)
 
     if event.message_type != "cancel":
         for earlier_event, message in earlier:
@@ -119,7 +122,8 @@ def ensure_earlier_events_acknowledged(
             expired = now is not None and finishes_at is not None and finishes_at < now
             if message is None:
                 raise EarlierEventRefused(event.id, provider, earlier_event.id, refused[earlier_event.id], expired)
-            raise EarlierEventFailed(event.id, provider, earlier_event.id, earlier_expired=expired)
+            raise EarlierEventFailed(event.id, provider, earlier_event.id, earlier_expired=expired,
+                                     ended=f"ended {message.status}")
     for earlier_event, message in earlier:
         if not is_acknowledged(message) and not failed(earlier_event, message):
             status = message.status if message is not None else "not yet sent"

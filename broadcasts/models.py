@@ -44,13 +44,14 @@ MESSAGE_STATUSES = (
     "cancelled",
     "technical-failure",
 )
-SENDING, RETURNED_ERROR, RETURNED_ACK, TECHNICAL_FAILURE = (
+SENDING, RETURNED_ERROR, RETURNED_ACK, TECHNICAL_FAILURE, SUPERSEDED = (
     "sending",
     "returned-error",
     "returned-ack",
     "technical-failure",
+    "superseded",  # a later cancel stopped it before it reached the network: final, not a failure
 )
-PROVIDER_MESSAGE_STATUSES = (SENDING, RETURNED_ERROR, RETURNED_ACK, TECHNICAL_FAILURE)
+PROVIDER_MESSAGE_STATUSES = (SENDING, RETURNED_ERROR, RETURNED_ACK, TECHNICAL_FAILURE, SUPERSEDED)
 BROADCASTING, COMPLETED = "broadcasting", "completed"
 NUMBER_SEQUENCE = "broadcast_provider_message_number_seq"
 

@@ -13,9 +13,10 @@ whether a run is still working on it. `events_to_dispatch` lists every event tha
   trial mode (every network refuses those, rule 1 of §4), and one of the service's available
   providers (its list ∩ ENABLED_CBCS) is unfinished:
 - that provider has a provider message left `sending` or `returned-error` (a run was under way,
-  a replay after a refusal too), or none and no refusal. `returned-ack` is done for ever;
-  `technical-failure` and a refusal wait for an operator, and never make a later event wait
-  (rule 5 of §4), so the same test says what a later event waits for.
+  a replay after a refusal too), or none and no refusal. `returned-ack` and `superseded` (a
+  later cancel stopped it) are done for ever; `technical-failure` and a refusal wait for an
+  operator, and never make a later event wait (rule 5 of §4), so the same test says what a
+  later event waits for.
 
 Dispatching an event again is always safe, so a wrong "yes" costs only a run: the send re-checks
 every rule, reuses each provider's identifier and payload, and never re-sends what a network

@@ -78,8 +78,9 @@ def event_status(session: Session, event_id: uuid.UUID) -> list[ProviderStatus]:
         rows = dao.history(session, message.id)
         errors = [r.detail["error"] for r in rows if r.detail and r.detail.get("error")]
         last_error = errors[-1] if errors and message.status != "returned-ack" else None
-        if rows and rows[-1].detail and rows[-1].detail.get("waiting_for"):
-            last_error = rows[-1].detail["reason"]
+        latest = (rows[-1].detail or {}) if rows else {}
+        if latest.get("waiting_for") or latest.get("superseded_by"):  # what it waits for, or which cancel
+            last_error = latest["reason"]
         number = message.message_number
         found[message.provider] = ProviderStatus(
             provider=message.provider,

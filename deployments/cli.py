@@ -126,7 +126,8 @@ def run_and_report(flow_call: Any, event_id: uuid.UUID, providers: list[str] | N
 
 
 def report(state: Any, event_id: uuid.UUID, providers: list[str] | None, as_json: bool) -> None:
-    """Prints the run's state and the per-provider table; exit 1 unless every provider acknowledged."""
+    """Prints the run's state and the per-provider table; exit 1 unless every provider acknowledged
+    or was superseded by a later cancel (finished, not failed: docs/behaviour.md §4 rule 6)."""
     from broadcasts.db import unit_of_work
     from broadcasts.status import event_status
 
@@ -141,7 +142,7 @@ def report(state: Any, event_id: uuid.UUID, providers: list[str] | None, as_json
 
     typer.echo(run_output(state, rows, as_json))
     everyone = providers or [r["provider"] for r in rows]
-    acked = {r["provider"] for r in rows if r["status"] == "returned-ack"}
+    acked = {r["provider"] for r in rows if r["status"] in ("returned-ack", "superseded")}
     if not state.is_completed() or not rows or not set(everyone) <= acked:
         raise typer.Exit(EXIT_NOT_ACKNOWLEDGED)
 

@@ -10,7 +10,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.futures import PrefectFuture
 
 from broadcasts.db import get_engine, unit_of_work
-from broadcasts.models import RETURNED_ACK
+from broadcasts.models import RETURNED_ACK, SUPERSEDED
 from broadcasts.settings import get_settings
 from broadcasts.status import event_status
 
@@ -49,12 +49,26 @@ def publish_table(event_id: uuid.UUID, failures: dict[str, str | None]) -> list[
 
 def unacknowledged(rows: list[dict[str, Any]], providers: Sequence[str]) -> list[str]:
     """The providers of this run that did not acknowledge, grouped by status and last error so a
-    reason shared by several (a refusal, say) is said once: ["ee, three (refused: …)", "o2 (sending)"]."""
+    reason shared by several (a refusal, say) is said once: ["ee, three (refused: …)", "o2 (sending)"].
+    A superseded provider is finished, not failed (docs/behaviour.md §4 rule 6): see `superseded`."""
     groups: dict[tuple[str, str | None], list[str]] = {}
     for r in rows:
-        if r["provider"] in providers and r["status"] != RETURNED_ACK:
+        if r["provider"] in providers and r["status"] not in (RETURNED_ACK, SUPERSEDED):
             groups.setdefault((r["status"], r["last_error"]), []).append(r["provider"])
     return [
         f"{', '.join(names)} ({status}: {error})" if error else f"{', '.join(names)} ({status})"
         for (status, error), names in groups.items()
     ]
+
+
+def finished(event_id: uuid.UUID, rows: list[dict[str, Any]], providers: Sequence[str]) -> str:
+    """The message of a run whose providers all finished: acknowledged, or superseded by a later
+    cancel (not a failure), the cancel's reason said once for the providers that share it."""
+    acked = [r["provider"] for r in rows if r["provider"] in providers and r["status"] == RETURNED_ACK]
+    superseded: dict[str | None, list[str]] = {}
+    for r in rows:
+        if r["provider"] in providers and r["status"] == SUPERSEDED:
+            superseded.setdefault(r["last_error"], []).append(r["provider"])
+    parts = [f"acknowledged by {', '.join(acked)}"] if acked else []
+    parts += [f"{', '.join(names)} {reason or SUPERSEDED}" for reason, names in superseded.items()]
+    return f"event {event_id} {'; '.join(parts)}"

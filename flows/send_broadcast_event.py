@@ -9,7 +9,7 @@ from broadcasts.errors import DispatchError
 from broadcasts.models import TECHNICAL_FAILURE
 from broadcasts.settings import get_settings
 from broadcasts.validation import parse_uuid
-from flows.outcomes import publish_table, unacknowledged, wait_for_all
+from flows.outcomes import finished, publish_table, unacknowledged, wait_for_all
 from tasks.read_event_plan import read_event_plan
 from tasks.send_to_provider import planned_for
 
@@ -53,4 +53,4 @@ def send_broadcast_event(broadcast_event_id: str, replay_failed: bool = False) -
         replay = "" if replay_failed or all(r["status"] != TECHNICAL_FAILURE for r in rows) else (
             f"; only a replay sends a technical-failure again: `broadcasts send-event {event_id}`")
         return Failed(message=f"event {event_id} not acknowledged by {', '.join(missing)}{replay}")
-    return Completed(message=f"event {event_id} acknowledged by {', '.join(plan.providers)}")
+    return Completed(message=finished(event_id, rows, plan.providers))

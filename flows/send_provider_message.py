@@ -10,7 +10,7 @@ from broadcasts.errors import DispatchError
 from broadcasts.providers import get_provider
 from broadcasts.settings import get_settings
 from broadcasts.validation import parse_uuid
-from flows.outcomes import publish_table, unacknowledged, wait_for_all
+from flows.outcomes import finished, publish_table, unacknowledged, wait_for_all
 from tasks.read_event_plan import read_event_plan
 from tasks.send_to_provider import planned_for
 
@@ -36,4 +36,4 @@ def send_provider_message(broadcast_event_id: str, provider: str) -> State:
     missing = unacknowledged(rows, [provider])
     if missing:
         return Failed(message=f"event {event_id} not acknowledged by {missing[0]}")
-    return Completed(message=f"event {event_id} acknowledged by {provider}")
+    return Completed(message=finished(event_id, rows, [provider]))

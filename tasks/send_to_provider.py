@@ -16,7 +16,7 @@ from prefect.events import emit_event
 from broadcasts import dispatch, dispatch_records, retry
 from broadcasts.cbc_proxy import CBCProxy, get_proxy
 from broadcasts.db import get_engine
-from broadcasts.errors import EarlierEventFailed, EarlierEventPending, NotSendable, RetryableError
+from broadcasts.errors import EarlierEventFailed, EarlierEventPending, NotSendable, RetryableError, Superseded
 from broadcasts.models import utcnow
 from broadcasts.settings import get_settings
 from tasks.provider_limits import slot_for, slot_wait_seconds
@@ -81,7 +81,8 @@ class DelaysCutAtExpiry(list[float]):
     retry_condition_fn=should_retry,
 )
 def send_to_provider(broadcast_event_id: str, provider: str, replay_failed: bool = False) -> dispatch.SendResult:
-    """`replay_failed`: an operator's replay, which alone sends a technical-failure message again."""
+    """`replay_failed`: an operator's replay, which alone sends a technical-failure message again.
+    Returns the result, acknowledged or superseded (docs/behaviour.md §4 rule 6); raises otherwise."""
     logger = get_run_logger()
     settings = get_settings()
     slot_timeout = slot_wait_seconds(settings)
@@ -109,6 +110,9 @@ def send_to_provider(broadcast_event_id: str, provider: str, replay_failed: bool
                       earlier_event_id=str(error.earlier_event_id), waited_seconds=round(error.waited_seconds),
                       message=error.long_wait())
         raise
+    except Superseded as error:  # final, and not a failure: the task completes, and nothing pages
+        logger.warning("%s", error)
+        return dispatch.superseded_result(error)
     except NotSendable as error:
         logger.error("%s: %s", type(error).__name__, error)
         if isinstance(error, EarlierEventFailed):

@@ -206,19 +206,6 @@ def test_a_replay_of_an_alert_after_its_cancel_reached_the_network_is_refused(en
     assert statuses(engine, alert)["ee"].status == TECHNICAL_FAILURE
 
 
-def test_a_cancel_that_only_waits_for_a_retrying_alert_does_not_stop_the_alert(environment, engine, sim):
-    service_id = make_service(engine)
-    message_id = make_message(engine, service_id)
-    alert = make_event(engine, service_id, message_id, sent_at=utcnow())
-    fail_both_routes(sim)
-    with pytest.raises(AllRoutesFailed):
-        send(engine, alert)
-    cancel = make_event(engine, service_id, message_id, message_type="cancel", sent_at=utcnow() + timedelta(seconds=1))
-    with pytest.raises(EarlierEventPending):
-        send(engine, cancel)
-
-    assert send(engine, alert).status == "returned-ack"
-    assert send(engine, cancel).status == "returned-ack"
 
 
 # --- a long wait pages once ------------------------------------------------------------------

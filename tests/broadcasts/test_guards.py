@@ -426,6 +426,13 @@ def test_a_cancel_still_waits_for_an_earlier_event_in_progress(status):
     assert raised.value.earlier_event_id == update.id
 
 
+def test_a_cancel_does_not_wait_for_an_earlier_event_it_superseded():
+    alert, update, cancel = broadcast(3)
+    cancel.message_type = "cancel"
+    earlier = [(alert, provider_message("superseded", alert)), (update, provider_message("superseded", update))]
+    assert ensure_earlier_events_acknowledged(cancel, "ee", earlier, NOW) is None
+
+
 def test_a_refusal_no_longer_counts_once_a_replay_gave_the_event_a_provider_message():
     alert, update = broadcast(2)
     with pytest.raises(EarlierEventPending):

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, func, insert, inspect, select
+from sqlalchemy import Engine, func, insert, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 
 from broadcasts.db import get_engine, unit_of_work
 from broadcasts.migrate import downgrade, upgrade
 from broadcasts.models import (
+    PROVIDER_MESSAGE_STATUSES,
     Base,
     BroadcastEvent,
     BroadcastMessage,
@@ -177,3 +178,79 @@ def test_upgrading_adds_an_empty_message_history_and_downgrading_takes_only_it_a
     assert "broadcast_message_history" not in inspect(empty_engine).get_table_names()
     with unit_of_work(empty_engine) as session:
         assert session.get_one(BroadcastMessage, message_id).status == "broadcasting"
+
+
+def _provider_message_rows(engine: Engine, event_id: uuid.UUID, status: str) -> None:
+    """A provider message and one history row in `status`, as the dispatcher writes them."""
+    message_id = uuid.uuid4()
+    with unit_of_work(engine) as session:
+        session.execute(insert(BroadcastProviderMessage.__table__).values(
+            id=message_id, broadcast_event_id=event_id, provider="o2", status=status, created_at=utcnow()))
+        session.execute(insert(BroadcastProviderMessageStatus.__table__).values(
+            broadcast_provider_message_id=message_id, status=status, created_at=utcnow()))
+
+
+@pytest.mark.parametrize("status", PROVIDER_MESSAGE_STATUSES)
+def test_both_status_columns_take_every_provider_message_status(engine, status):
+    _, _, event_id = make_alert(engine)
+    _provider_message_rows(engine, event_id, status)
+
+
+def test_a_history_status_outside_the_spec_is_rejected(engine):
+    _, _, event_id = make_alert(engine)
+    _provider_message_rows(engine, event_id, "sending")
+    with unit_of_work(engine) as session:
+        message_id = session.scalar(select(BroadcastProviderMessage.id)
+                                    .where(BroadcastProviderMessage.broadcast_event_id == event_id))
+    with pytest.raises(IntegrityError), unit_of_work(engine) as session:
+        session.execute(insert(BroadcastProviderMessageStatus.__table__).values(
+            broadcast_provider_message_id=message_id, status="delivered", created_at=utcnow()))
+
+
+def test_upgrading_to_superseded_keeps_messages_their_history_and_what_refers_to_them(empty_engine):
+    upgrade(empty_engine, "0003")  # before `superseded`
+    service_id, message_id = uuid.uuid4(), uuid.uuid4()
+    event_id, provider_message_id, sent_at = uuid.uuid4(), uuid.uuid4(), utcnow()
+    with unit_of_work(empty_engine) as session:
+        session.execute(insert(Service.__table__).values(id=service_id, name="s", active=True, restricted=False))
+        session.execute(insert(BroadcastMessage.__table__).values(
+            id=message_id, service_id=service_id, content="c", areas={"simple_polygons": [SQUARE]},
+            status="broadcasting", stubbed=False, created_at=sent_at))
+        session.execute(insert(BroadcastEvent.__table__).values(
+            id=event_id, service_id=service_id, broadcast_message_id=message_id, sent_at=sent_at,
+            message_type="alert", transmitted_content={"body": "b"}, transmitted_areas={"simple_polygons": []}))
+        session.execute(insert(BroadcastProviderMessage.__table__).values(
+            id=provider_message_id, broadcast_event_id=event_id, provider="vodafone", status="returned-error",
+            created_at=sent_at, payload={"identifier": str(provider_message_id)}))
+        session.add(BroadcastProviderMessageNumber(broadcast_provider_message_number=77,
+                                                   broadcast_provider_message_id=provider_message_id))
+        for status, attempt in (("sending", None), ("returned-error", 1)):
+            session.execute(insert(BroadcastProviderMessageStatus.__table__).values(
+                broadcast_provider_message_id=provider_message_id, status=status, attempt=attempt,
+                detail={"error": "boom"} if attempt else None, created_at=sent_at))
+    with pytest.raises(IntegrityError), unit_of_work(empty_engine) as session:  # not yet allowed
+        session.execute(update(BroadcastProviderMessage.__table__).values(status="superseded"))
+
+    upgrade(empty_engine)
+
+    with unit_of_work(empty_engine) as session:
+        message = session.get_one(BroadcastProviderMessage, provider_message_id)
+        assert (message.status, message.payload, message.message_number) == (
+            "returned-error", {"identifier": str(provider_message_id)}, 77)
+        history = list(session.scalars(select(BroadcastProviderMessageStatus)
+                                       .order_by(BroadcastProviderMessageStatus.id)))
+        assert [(h.status, h.attempt, h.detail) for h in history] == [
+            ("sending", None, None), ("returned-error", 1, {"error": "boom"})]
+        session.execute(update(BroadcastProviderMessage.__table__).values(status="superseded"))
+        row = BroadcastProviderMessageStatus(broadcast_provider_message_id=provider_message_id,
+                                             status="superseded", created_at=utcnow())
+        session.add(row)
+        session.flush()
+        assert row.id > history[-1].id  # the history keeps its order after the rebuild
+    with pytest.raises(IntegrityError), unit_of_work(empty_engine) as session:  # foreign keys still hold
+        session.add(BroadcastProviderMessageStatus(broadcast_provider_message_id=uuid.uuid4(), status="sending",
+                                                   created_at=utcnow()))
+    with pytest.raises(IntegrityError), unit_of_work(empty_engine) as session:
+        session.add(BroadcastProviderMessage(broadcast_event_id=uuid.uuid4(), provider="ee", status="sending"))
+    with pytest.raises(RuntimeError, match="'superseded'"):
+        downgrade(empty_engine, "0003")

@@ -97,3 +97,23 @@ def test_status_shows_the_broadcast_message_and_its_completion_on_expiry(cli, en
 def read_finishes_at(engine, message_id):  # type: ignore[no-untyped-def]
     with unit_of_work(engine) as session:
         return session.get_one(BroadcastMessage, message_id).finishes_at
+
+
+def test_send_event_of_an_alert_superseded_on_one_network_completes_with_exit_code_0(cli, engine, sim, prefect_server):
+    service_id = make_service(engine)
+    message_id = make_message(engine, service_id)
+    alert = make_event(engine, service_id, message_id)
+    sim.fault("ee-1-proxy", http_status=500, times=2)  # one attempt: four routes
+    sim.fault("ee-2-proxy", http_status=500, times=2)
+    with pytest.raises(AllRoutesFailed):
+        send(engine, alert)
+    send(engine, alert, "vodafone")  # acknowledged before the cancel is written
+    cancel = make_event(engine, service_id, message_id, message_type="cancel")
+
+    result = cli("send-event", str(alert))
+
+    assert result.exit_code == 0, result.stdout  # superseded is finished, not failed
+    first, *table = result.stdout.splitlines()
+    assert first.startswith(f"Completed: event {alert} acknowledged by vodafone; ee superseded by cancel {cancel}")
+    assert any(line.split()[:2] == ["ee", "superseded"] for line in table), table
+    assert any(line.startswith("ee: superseded  identifier ") for line in cli("status", str(alert)).stdout.splitlines())

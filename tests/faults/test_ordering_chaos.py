@@ -3,7 +3,9 @@ route failures scripted in the simulator and a random interleaving of `dispatch.
 
 Whatever the order of the calls, on the simulator's own record:
 - a network never receives event N+1 of a broadcast before it acknowledged event N;
-- every event ends `returned-ack` on every network (none expires here);
+- every event ends `returned-ack` on every network (none expires here), except the alerts and
+  updates of a cancelled broadcast: its cancel is written before any send, so they end
+  `superseded` without a call (docs/behaviour.md §4 rule 6), and the cancel is acknowledged;
 - each (event, network) is sent under exactly one identifier, across every call and retry;
 - once acknowledged, calling again sends nothing.
 """
@@ -22,7 +24,7 @@ from hypothesis import strategies as st
 
 from broadcasts import dispatch
 from broadcasts.cbc_proxy import get_proxy
-from broadcasts.errors import AllRoutesFailed, EarlierEventPending, NotSendable
+from broadcasts.errors import AllRoutesFailed, EarlierEventPending, NotSendable, Superseded
 from broadcasts.models import utcnow
 from broadcasts.payloads import cap_time
 from broadcasts.settings import get_settings
@@ -91,6 +93,12 @@ def test_random_failures_and_interleavings_keep_order_and_one_identifier(environ
 
     pending = [(e, p) for e in events for p in providers]
     acknowledged: dict[tuple[uuid.UUID, str], uuid.UUID] = {}
+    superseded: dict[tuple[uuid.UUID, str], uuid.UUID] = {}
+    cancelled = {e.broadcast for e in events if e.message_type == "cancel"}
+
+    def expected(event: Event) -> str:
+        return "superseded" if event.broadcast in cancelled and event.message_type != "cancel" else "returned-ack"
+
     label = {e.id: f"broadcast {e.broadcast} event {e.position} ({e.message_type} {e.id})" for e in events}
     calls = 0
     failed: dict[str, int] = defaultdict(int)
@@ -120,19 +128,25 @@ def test_random_failures_and_interleavings_keep_order_and_one_identifier(environ
             assert failed[provider] <= scripted_failures(provider), (
                 f"{label[event.id]} on {provider} failed beyond the scripted faults: {error}")
             continue
+        except Superseded as error:
+            assert expected(event) == "superseded", f"{label[event.id]} on {provider} was superseded: {error}"
+            superseded[(event.id, provider)] = error.provider_message_id
+            pending.remove((event, provider))
+            continue
         except NotSendable as error:
             pytest.fail(f"{label[event.id]} on {provider} was not sendable: {type(error).__name__}: {error}")
         assert result.status == "returned-ack", f"{label[event.id]} on {provider}: {result}"
         acknowledged[(event.id, provider)] = result.provider_message_id
         pending.remove((event, provider))
 
-    # Every event ended returned-ack on every network, with one provider message each.
+    # Every event ended as expected on every network, with one provider message each.
+    ended = {**acknowledged, **superseded}
     for event in events:
         found = statuses(engine, event.id)
-        assert {p: s.status for p, s in found.items()} == dict.fromkeys(providers, "returned-ack"), label[event.id]
+        assert {p: s.status for p, s in found.items()} == dict.fromkeys(providers, expected(event)), label[event.id]
         assert provider_message_count(engine, event.id) == len(providers), label[event.id]
         for provider in providers:
-            assert found[provider].identifier == acknowledged[(event.id, provider)], (
+            assert found[provider].identifier == ended[(event.id, provider)], (
                 f"{label[event.id]} on {provider}: the record's identifier is not the one acknowledged")
 
     # The simulator's record: map each call to its event by its `sent`, and its network by name.
@@ -148,6 +162,9 @@ def test_random_failures_and_interleavings_keep_order_and_one_identifier(environ
     for event in events:
         for provider in providers:
             received = record[(event.id, provider)]
+            if expected(event) == "superseded":
+                assert received == [], f"{label[event.id]} on {provider} reached the network after its cancel"
+                continue
             identifiers = {c["payload"]["identifier"] for c in received}
             assert identifiers == {str(acknowledged[(event.id, provider)])}, (
                 f"{label[event.id]} on {provider} was sent under {sorted(identifiers)}")
@@ -157,7 +174,7 @@ def test_random_failures_and_interleavings_keep_order_and_one_identifier(environ
     # Per network and broadcast: nothing of event N+1 arrives before the network acknowledged N.
     for provider in providers:
         for earlier, later in zip(events, events[1:]):
-            if earlier.broadcast != later.broadcast:
+            if earlier.broadcast != later.broadcast or expected(earlier) == "superseded":
                 continue
             [ok] = [c for c in record[(earlier.id, provider)] if c["outcome"] == "ok"]
             first = min(record[(later.id, provider)], key=lambda c: _time(c["received_at"]))
