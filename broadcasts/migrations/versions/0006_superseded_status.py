@@ -1,4 +1,4 @@
-"""The provider-message status `superseded`: a later cancel stopped an alert or update that its
+"""The provider-message status `superseded`: a later cancel stopped an alert (or an update) its
 network had not acknowledged (docs/behaviour.md §4 rule 6). Both status columns,
 `broadcast_provider_message.status` and `broadcast_provider_message_status.status`, allow it.
 
