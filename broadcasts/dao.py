@@ -19,6 +19,7 @@ from broadcasts.models import (
     COMPLETED,
     NUMBER_SEQUENCE,
     RETURNED_ACK,
+    RETURNED_ERROR,
     SENDING,
     SUPERSEDED,
     BroadcastEvent,
@@ -170,18 +171,22 @@ def append_status(
     detail: dict[str, Any] | None = None,
 ) -> BroadcastProviderMessageStatus | None:
     """Makes `status` current and adds its history row, in one transaction. An acknowledged
-    message keeps `returned-ack` for good, and a superseded one changes only to `returned-ack` (a
+    message keeps `returned-ack` for good, a superseded one changes only to `returned-ack` (a
     call's acknowledgement is the truth about its identifier, even from a run that lost its lock
-    during the call): otherwise nothing is written and None is returned.
+    during the call), and only a send still under way (`sending`, `returned-error`) becomes
+    superseded: otherwise nothing is written and None is returned.
 
     The status update runs first: it locks the row, so concurrent writers take their history
     ids in the order they commit and the newest history row is always the current status.
     """
     now = utcnow()
     final = (RETURNED_ACK,) if status == RETURNED_ACK else (RETURNED_ACK, SUPERSEDED)
+    # In the UPDATE, not read before it: a technical-failure written meanwhile is never overwritten.
+    allowed = (BroadcastProviderMessage.status.in_((SENDING, RETURNED_ERROR)) if status == SUPERSEDED
+               else BroadcastProviderMessage.status.notin_(final))
     changed = session.execute(
         update(BroadcastProviderMessage)
-        .where(BroadcastProviderMessage.id == message.id, BroadcastProviderMessage.status.notin_(final))
+        .where(BroadcastProviderMessage.id == message.id, allowed)
         .values(status=status, updated_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount

@@ -251,7 +251,7 @@ def _send(
     route_advice_seconds: float,
 ) -> SendResult:
     stop: Exception | None = None
-    _supersede_earlier(engine, event_id, provider, enabled)
+    _supersede_earlier(engine, event_id, provider, enabled, now())
     with unit_of_work(engine) as session:
         event = dao.get_event(session, event_id)
         expires_at = event.finishes_at
@@ -280,17 +280,20 @@ def _send(
         raise
 
 
-def _supersede_earlier(engine: Engine, event_id: uuid.UUID, provider: Provider, enabled: Sequence[str]) -> None:
+def _supersede_earlier(engine: Engine, event_id: uuid.UUID, provider: Provider, enabled: Sequence[str],
+                       now: datetime) -> None:
     """A cancel's part of rule 6, before its checks and outside their transaction, since it takes
-    other messages' locks. A cancel that rule 1 refuses supersedes nothing (and allocates
-    nothing): the checks then refuse it and record why."""
+    other messages' locks. A cancel that rules 1, 2 or 4 stop (refused, invalid, expired)
+    supersedes nothing and allocates nothing: the checks then stop it and record why."""
     with unit_of_work(engine) as session:
         event = dao.get_event(session, event_id)
         if event.message_type != "cancel":
             return
         try:
             _ensure_may_send(session, event, provider.name, enabled)
-        except SendRefused:
+            guards.ensure_valid_broadcast(event, now)
+            guards.ensure_not_expired(event, now, attempted=False)
+        except (SendRefused, InvalidBroadcast, EventExpired):
             return
         message_ids = supersede.earlier_for_cancel(session, event, provider)
     supersede.each(engine, message_ids, event_id)
@@ -316,7 +319,8 @@ def _supersede(engine: Engine, provider: Provider, target: _Superseding) -> Send
                 return _ack(message, None, sent_now=False)
             _ensure_not_failed(session, target.event_id, provider.name, message, Mode())  # ended meanwhile
             superseded = supersede.under_lock(session, dao.get_event(session, target.event_id), message)
-    assert superseded is not None, "a later cancel exists and the message is still under way"
+    if superseded is None:  # it ended otherwise meanwhile: the next attempt finds how
+        raise SendInProgress(target.event_id, provider.name)
     raise superseded
 
 

@@ -22,9 +22,10 @@ from broadcasts.providers import Route
 def ordered_routes(
     session: Session, provider: str, routes: tuple[Route, ...], now: datetime, fresh_seconds: float
 ) -> tuple[Route, ...]:
-    """`routes` with the advised one first when its advice is at most `fresh_seconds` old."""
+    """`routes` with the advised one first when its advice is at most `fresh_seconds` old. Advice
+    dated ahead of `now` by more than that (a writer whose clock runs fast) is ignored too."""
     advice = session.get(RouteAdvice, provider)
-    if advice is None or (now - advice.updated_at).total_seconds() > fresh_seconds:
+    if advice is None or abs((now - advice.updated_at).total_seconds()) > fresh_seconds:
         return routes
     first = [r for r in routes if (r.function, r.target) == (advice.lambda_name, advice.target)]
     return (*first, *(r for r in routes if r not in first))

@@ -90,9 +90,11 @@ def each(engine: Engine, message_ids: list[uuid.UUID], cancel_id: uuid.UUID) -> 
                     _record(session, message, cancel_id)
 
 
-def _record(session: Session, message: BroadcastProviderMessage, cancel_id: uuid.UUID) -> Superseded:
+def _record(session: Session, message: BroadcastProviderMessage, cancel_id: uuid.UUID) -> Superseded | None:
+    """The Superseded, or None when the message ended otherwise just before (a technical-failure
+    recorded without the lock): then nothing is written."""
     superseded = Superseded(message.broadcast_event_id, message.provider, cancel_id, message.id,
                             message.message_number)
-    dao.append_status(session, message, SUPERSEDED,
-                      detail={"superseded_by": str(cancel_id), "reason": superseded.reason})
-    return superseded
+    row = dao.append_status(session, message, SUPERSEDED,
+                            detail={"superseded_by": str(cancel_id), "reason": superseded.reason})
+    return superseded if row is not None else None

@@ -18,12 +18,11 @@ from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
 from broadcasts.settings import get_settings
 from deployments import names
-from flows.expire_broadcasts import FLOW_NAME as EXPIRY_FLOW
+from flows.expire_broadcasts import EXPIRY_DESCRIPTION, FLOW_NAME as EXPIRY_FLOW, expire_broadcasts
 from flows.link_tests import FLOW_NAME as LINK_TESTS_FLOW
 from flows.resume_dispatch import FLOW_NAME as RESUME_FLOW
 from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT, FLOW_NAME as SEND_EVENT_FLOW
 from flows.send_provider_message import DEPLOYMENT_NAME as SEND_PROVIDER_DEPLOYMENT, FLOW_NAME as SEND_PROVIDER_FLOW
-from flows.expire_broadcasts import EXPIRY_DESCRIPTION, expire_broadcasts
 from flows.link_tests import link_tests
 from flows.resume_dispatch import RESUME_DESCRIPTION, resume_dispatch
 from flows.send_broadcast_event import send_broadcast_event

@@ -50,7 +50,7 @@ def publish_table(event_id: uuid.UUID, failures: dict[str, str | None]) -> list[
 def unacknowledged(rows: list[dict[str, Any]], providers: Sequence[str]) -> list[str]:
     """The providers of this run that did not acknowledge, grouped by status and last error so a
     reason shared by several (a refusal, say) is said once: ["ee, three (refused: …)", "o2 (sending)"].
-    A superseded provider is finished, not failed (docs/behaviour.md §4 rule 6): see `superseded`."""
+    A superseded provider is finished, not failed (docs/behaviour.md §4 rule 6): see `finished`."""
     groups: dict[tuple[str, str | None], list[str]] = {}
     for r in rows:
         if r["provider"] in providers and r["status"] not in (RETURNED_ACK, SUPERSEDED):

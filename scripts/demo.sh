@@ -59,6 +59,7 @@ export PREFECT_API_URL="http://127.0.0.1:$PREFECT_PORT/api"
 export WEBHOOK_SECRET
 WEBHOOK_SECRET=$("$BIN/python" -c 'import secrets; print(secrets.token_hex(32))')
 export BROADCAST_RETRY_DELAY_SCALE=0.1   # the production schedule is 1, 2, 4 … 240 s
+export ROUTE_ADVICE_SECONDS=120   # 30 s in production; the demo's update and cancel may be further apart on a slow machine
 SIM="http://127.0.0.1:$SIM_PORT/_simulator"
 WEBHOOK="http://127.0.0.1:$WEBHOOK_PORT"
 
@@ -95,7 +96,7 @@ fault '{"function": "vodafone-2-proxy", "http_status": 503, "times": 2}'
 CANCEL=$("$BIN/broadcasts" event create --type cancel --message "$MESSAGE" --json | json_field broadcast_event_id)
 "$BIN/broadcasts" trigger "$CANCEL" --url "$WEBHOOK" --wait
 
-step "EE's route for each event: the route advisor put the update's working route first for the cancel"
+step "EE's route for each event: the route advisor put a working route first for the cancel"
 curl -fsS "$SIM/invocations" | "$BIN/python" -c '
 import json, sys
 calls = [c for c in json.load(sys.stdin) if c["function"].startswith("ee-") and c["payload"].get("message_type") != "test"]
@@ -104,8 +105,9 @@ for kind in ("alert", "update", "cancel"):
              for c in calls if c["payload"]["message_type"] == kind]
     print(f"{kind}: " + ", then ".join(tried))
 cancel = [c for c in calls if c["payload"]["message_type"] == "cancel"]
-if not cancel or (cancel[0]["function"], cancel[0]["payload"]["cbc_target"]) != ("ee-1-proxy", "cbc_b"):
-    sys.exit("demo: the cancel did not go first to the route the advisor holds (ee-1-proxy/cbc_b)")
+# The update found ee-1-proxy/cbc_b; a scheduled link test meanwhile may have found another.
+if not cancel or cancel[0]["outcome"] != "ok" or (cancel[0]["function"], cancel[0]["payload"]["cbc_target"]) == ("ee-1-proxy", "cbc_a"):
+    sys.exit("demo: the cancel did not go first to a route that worked: the route advisor was not used")
 '
 
 step "The alert posted again: the webhook answers with the same run, and nothing is sent again"

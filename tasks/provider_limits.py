@@ -50,6 +50,7 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from sqlalchemy.engine import make_url
 
+from broadcasts.providers import PROVIDERS
 from broadcasts.settings import Settings
 from tasks import slot_api, slot_lease
 from tasks.provider_file_slot import file_slot, slot_directory
@@ -65,8 +66,11 @@ _turns: defaultdict[str, Turns] = defaultdict(Turns)  # per limit, in this proce
 
 
 def slot_wait_seconds(settings: Settings) -> float:
-    """Longer than any live call holds a slot: both routes timing out, plus a margin."""
-    return 2 * (settings.cbc_proxy_connect_timeout + settings.cbc_proxy_read_timeout) + 10
+    """Longer than any live call holds a slot: every route of an attempt timing out (four routes,
+    or two for networks without a second CBC), plus a margin."""
+    routes = max((len(PROVIDERS[p].routes(second_cbc=p in settings.cbc_b_providers)) for p in settings.enabled_cbcs),
+                 default=2)
+    return routes * (settings.cbc_proxy_connect_timeout + settings.cbc_proxy_read_timeout) + 10
 
 
 def limit_name(provider: str) -> str:

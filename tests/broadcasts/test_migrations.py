@@ -194,6 +194,12 @@ def _provider_message_rows(engine: Engine, event_id: uuid.UUID, status: str) -> 
 def test_both_status_columns_take_every_provider_message_status(engine, status):
     _, _, event_id = make_alert(engine)
     _provider_message_rows(engine, event_id, status)
+    with unit_of_work(engine) as session:
+        message = session.scalars(select(BroadcastProviderMessage)
+                                  .where(BroadcastProviderMessage.broadcast_event_id == event_id)).one()
+        history = session.scalars(select(BroadcastProviderMessageStatus.status).where(
+            BroadcastProviderMessageStatus.broadcast_provider_message_id == message.id)).all()
+    assert (message.status, history) == (status, [status])
 
 
 def test_a_history_status_outside_the_spec_is_rejected(engine):

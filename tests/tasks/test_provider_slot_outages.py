@@ -41,7 +41,7 @@ def door(prefect_server: str) -> Iterator[PrefectDoor]:
 
 @pytest.fixture
 def short_wait(configure) -> float:  # type: ignore[no-untyped-def]
-    """Small proxy timeouts, so the slot's bound is 2 × (0.5 + 0.5) + 10 = 12 s."""
+    """Small proxy timeouts, so the slot's bound is 4 routes × (0.5 + 0.5) + 10 = 14 s."""
     configure(ENABLED_CBCS="ee", CBC_PROXY_CONNECT_TIMEOUT="0.5", CBC_PROXY_READ_TIMEOUT="0.5")
     ensure_limits(["ee"])
     return slot_wait_seconds(get_settings())
