@@ -106,7 +106,10 @@ def test_serve_runs_it_every_minute_and_completes_a_broadcast_within_2_minutes_o
             print(f"\nfinishes_at -> completed by the served deployment: {waited:.1f} s")
             assert 0 < waited < 120, served.text()
             assert reason.startswith("expired: finishes_at ")
-            done = [run for run in expiry_runs(deployment.id) if run.state is not None and run.state.is_final()]
+            # The run reports its final state just after its transaction commits.
+            done = wait_until(lambda: [run for run in expiry_runs(deployment.id)
+                                       if run.state is not None and run.state.is_final()], 30,
+                              "the expire-broadcasts run to report its final state", every=0.5)
             assert [run.state.type.value for run in done] == ["COMPLETED"]
             assert sim.invocations() == []
         finally:  # no later `serve` of another test runs this test's schedule
