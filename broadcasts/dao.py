@@ -19,9 +19,9 @@ from broadcasts.models import (
     COMPLETED,
     NUMBER_SEQUENCE,
     RETURNED_ACK,
-    RETURNED_ERROR,
     SENDING,
     SUPERSEDED,
+    UNFINISHED_STATUSES,
     BroadcastEvent,
     BroadcastEventRefusal,
     BroadcastMessage,
@@ -182,7 +182,7 @@ def append_status(
     now = utcnow()
     final = (RETURNED_ACK,) if status == RETURNED_ACK else (RETURNED_ACK, SUPERSEDED)
     # In the UPDATE, not read before it: a technical-failure written meanwhile is never overwritten.
-    allowed = (BroadcastProviderMessage.status.in_((SENDING, RETURNED_ERROR)) if status == SUPERSEDED
+    allowed = (BroadcastProviderMessage.status.in_(UNFINISHED_STATUSES) if status == SUPERSEDED
                else BroadcastProviderMessage.status.notin_(final))
     changed = session.execute(
         update(BroadcastProviderMessage)

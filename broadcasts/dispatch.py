@@ -60,6 +60,7 @@ from broadcasts.models import (
     SENDING,
     SUPERSEDED,
     TECHNICAL_FAILURE,
+    UNFINISHED_STATUSES,
     BroadcastEvent,
     BroadcastProviderMessage,
     utcnow,
@@ -136,7 +137,7 @@ def _prepare(
     earlier = dao.earlier_events(session, event)
     guards.ensure_not_cancelled(event, earlier)
     if supersede.superseding_cancel(session, event) is not None and (
-            message is None or message.status in supersede.SUPERSEDABLE):  # rule 6
+            message is None or message.status in UNFINISHED_STATUSES):  # rule 6
         message = dao.get_or_create_provider_message(session, event.id, provider.name, provider.numbered)
         return _Superseding(event.id, message.id)
     _ensure_cancel_not_sent(session, event, provider.name)

@@ -52,6 +52,8 @@ SENDING, RETURNED_ERROR, RETURNED_ACK, TECHNICAL_FAILURE, SUPERSEDED = (
     "superseded",  # a later cancel stopped it before it reached the network: final, not a failure
 )
 PROVIDER_MESSAGE_STATUSES = (SENDING, RETURNED_ERROR, RETURNED_ACK, TECHNICAL_FAILURE, SUPERSEDED)
+# A send still under way: what resume starts again and what a later cancel supersedes.
+UNFINISHED_STATUSES = (SENDING, RETURNED_ERROR)
 BROADCASTING, COMPLETED = "broadcasting", "completed"
 NUMBER_SEQUENCE = "broadcast_provider_message_number_seq"
 

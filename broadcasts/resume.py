@@ -34,9 +34,8 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session
 
 from broadcasts import dao
-from broadcasts.models import RETURNED_ERROR, SENDING
+from broadcasts.models import UNFINISHED_STATUSES
 
-UNFINISHED_STATUSES = (SENDING, RETURNED_ERROR)
 NO_MESSAGE = "no provider message"
 
 

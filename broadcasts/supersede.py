@@ -23,11 +23,8 @@ from sqlalchemy.orm import Session
 from broadcasts import dao, send_lock
 from broadcasts.db import unit_of_work
 from broadcasts.errors import Superseded
-from broadcasts.models import RETURNED_ERROR, SENDING, SUPERSEDED, BroadcastEvent, BroadcastProviderMessage
+from broadcasts.models import SUPERSEDED, UNFINISHED_STATUSES, BroadcastEvent, BroadcastProviderMessage
 from broadcasts.providers import Provider
-
-# A send still under way: what a cancel supersedes.
-SUPERSEDABLE = (SENDING, RETURNED_ERROR)
 
 
 def superseding_cancel(session: Session, event: BroadcastEvent) -> BroadcastEvent | None:
@@ -45,7 +42,7 @@ def under_lock(session: Session, event: BroadcastEvent, message: BroadcastProvid
     if message.status == SUPERSEDED:
         return recorded(session, message)
     cancel = superseding_cancel(session, event)
-    if cancel is None or message.status not in SUPERSEDABLE:
+    if cancel is None or message.status not in UNFINISHED_STATUSES:
         return None
     return _record(session, message, cancel.id)
 
@@ -74,7 +71,7 @@ def earlier_for_cancel(session: Session, cancel: BroadcastEvent, provider: Provi
     for event_id in earlier:
         if event_id not in messages and event_id not in refused:
             messages[event_id] = dao.get_or_create_provider_message(session, event_id, provider.name, provider.numbered)
-    return [m.id for m in messages.values() if m.status in SUPERSEDABLE]
+    return [m.id for m in messages.values() if m.status in UNFINISHED_STATUSES]
 
 
 def each(engine: Engine, message_ids: list[uuid.UUID], cancel_id: uuid.UUID) -> None:
@@ -86,7 +83,7 @@ def each(engine: Engine, message_ids: list[uuid.UUID], cancel_id: uuid.UUID) -> 
                 continue
             with unit_of_work(engine) as session:
                 message = session.get_one(BroadcastProviderMessage, message_id)
-                if message.status in SUPERSEDABLE:  # it may have ended while this run took the lock
+                if message.status in UNFINISHED_STATUSES:  # it may have ended while this run took the lock
                     _record(session, message, cancel_id)
 
 
