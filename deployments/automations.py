@@ -146,7 +146,7 @@ def operator_alerts(block_document_id: object) -> list[AutomationCore]:
         AutomationCore(
             name=PREFIX + "provider slot stuck",
             trigger=on_event(SLOT_STUCK_EVENT),
-            actions=notify("Provider slot stuck: {{ event.payload.limit }}", "{{ event.payload.detail }}"),
+            actions=notify("Provider slot stuck: {{ event.payload.provider }}", "{{ event.payload.detail }}"),
         ),
         AutomationCore(
             name=PREFIX + "link tests failed",

@@ -4,14 +4,12 @@ present, so running it twice changes nothing.
 - the `process` work pool `broadcasts`;
 - its queues: `alerts` before `link-tests` (a worker takes the higher-priority queue first, so a
   link test never queues ahead of an alert);
-- the global concurrency limits `cbc-<provider>` (limit 1) for every enabled provider;
 - the automations of `automations.py`: the zombie-run one always, the operator alerts when a
   notification block is named (ALERT_NOTIFICATION_BLOCK).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
@@ -21,7 +19,6 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.workers.process import ProcessWorker
 
 from deployments import automations, names
-from tasks.provider_limits import limit_name
 
 
 @dataclass(frozen=True)
@@ -33,13 +30,12 @@ class Step:
         return f"{'note' if self.created is None else 'created' if self.created else 'found'}: {self.what}"
 
 
-def bootstrap(providers: Iterable[str], notification_block: str | None = None) -> list[Step]:
+def bootstrap(notification_block: str | None = None) -> list[Step]:
     """Creates whatever is missing against the configured Prefect API; returns what it did."""
     with get_client(sync_client=True) as client:
         steps = [
             _work_pool(client),
             *(_queue(client, queue, priority) for queue, priority in names.QUEUE_PRIORITIES.items()),
-            *(_limit(client, limit_name(provider)) for provider in providers),
             _automation(client, automations.zombie_runs(_heartbeat_seconds())),
         ]
         if notification_block is None:
@@ -96,20 +92,4 @@ def _queue(client: SyncPrefectClient, queue: str, priority: int) -> Step:
     if existing.priority != priority:  # someone changed it: alerts must stay first
         client.update_work_queue(existing.id, priority=priority)
         return Step(f"{what} (priority was {existing.priority})", created=True)
-    return Step(what, created=False)
-
-
-def _limit(client: SyncPrefectClient, name: str) -> Step:
-    what = f"concurrency limit {name} (limit 1)"
-    try:
-        limit = client.read_global_concurrency_limit_by_name(name)
-    except ObjectNotFound:
-        try:
-            client.upsert_global_concurrency_limit_by_name(name, limit=1)
-        except ObjectAlreadyExists:
-            return Step(what, created=False)
-        return Step(what, created=True)
-    if limit.limit != 1:
-        client.upsert_global_concurrency_limit_by_name(name, limit=1)
-        return Step(f"{what} (was {limit.limit})", created=True)
     return Step(what, created=False)

@@ -209,8 +209,7 @@ def simulator(
 
 @app.command("bootstrap")
 def bootstrap_command() -> None:
-    """Create the work pool, its queues (alerts before link-tests), the cbc-<provider> limits and
-    the automations (zombie runs; operator alerts with ALERT_NOTIFICATION_BLOCK) that are missing,
+    """Create the work pool, its queues (alerts before link-tests) and the automations (zombie runs; operator alerts with ALERT_NOTIFICATION_BLOCK) that are missing,
     against PREFECT_API_URL; print what was created or found. Safe to repeat."""
     from deployments.bootstrap import bootstrap
     from deployments.prefect_api import client_settings
@@ -218,7 +217,7 @@ def bootstrap_command() -> None:
     require_api()
     config = settings()
     with client_settings(), prefect_errors():  # the heartbeat the zombie-run automation expects
-        for step in bootstrap(config.enabled_cbcs, config.alert_notification_block):
+        for step in bootstrap(config.alert_notification_block):
             typer.echo(str(step))
 
 

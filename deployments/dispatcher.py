@@ -79,7 +79,6 @@ from broadcasts.settings import get_settings
 from deployments.definitions import ALERT_DEPLOYMENTS
 from deployments.prefect_api import client_settings
 from tasks.claim import ClaimRules, DueSoon, Left
-from tasks.provider_limits import ensure_limits
 
 POLL_SECONDS = 1.0
 # The states the UI and the webhook put a new or retried alert run in (both of type Scheduled).
@@ -102,8 +101,9 @@ START_SECONDS = 10.0
 # (benchmarks/idle_runs.py, 0 → 100 runs waiting for a dead EE: 147 → 393 MiB) to cost about
 # 2.5 MiB of resident memory, 7 threads (its own, the task runner's, the heartbeat) and one
 # Prefect API connection, so 256 cost about 650 MiB. Database connections did not grow past 10
-# (the pool keeps 10): a send takes its connection (the per-message lock) only once it holds its
-# network's slot (broadcasts/dispatch.py, `_attempt`; the pool is made in broadcasts/db.py).
+# (the pool keeps 10): only one send per network waits on the database for its slot
+# (tasks/slot_turns.py), and a send takes its per-message lock only once it holds that slot
+# (broadcasts/dispatch.py, `_attempt`; the pool is made in broadcasts/db.py).
 MAX_HELD = 256
 
 
@@ -122,7 +122,6 @@ def _touch_database_and_proxy_client() -> None:
     with unit_of_work(get_engine(settings.database_url)) as session:
         session.execute(text("SELECT 1"))
     get_proxy(settings)  # builds the boto3 client (its service model load is slow); calls nothing
-    ensure_limits(settings.enabled_cbcs)  # the cbc-<provider> limits, checked once per process
 
 
 _warmed_up = threading.Event()  # once per process: what it warms is shared by the process

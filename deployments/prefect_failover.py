@@ -2,7 +2,7 @@
 
 Prefect's client knows one `PREFECT_API_URL`, and many parts of a process read it: the flow
 engine, task runs, heartbeats, the events websocket subscriber (deployments/dispatcher.py),
-tasks/slot_api.py's own client, and Runner subprocesses, which inherit the environment. Rather
+tasks/run_state.py's own client, and Runner subprocesses, which inherit the environment. Rather
 than teach each of them a list, the process listens on 127.0.0.1:<free port>, points
 `PREFECT_API_URL` there, and forwards every TCP connection to one replica:
 

@@ -10,11 +10,15 @@ one event reached their networks seconds apart.
 The rule stays the one of docs/behaviour.md §4: held only around the proxy call, and a holder
 that keeps it longer than `timeout_seconds` (alive but stuck in its call) does not keep an alert
 from its network: the waiter sends without it, logs an ERROR and emits the slot-stuck event.
+Stuck is judged per holder, not by how long the waiter has waited: each holder writes who it is
+into the lock file, and a waiter that sees that change knows the slot is moving (three sends
+queued behind a slow network must not make the third give up).
 """
 
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -22,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 POLL_SECONDS = 0.005  # a free slot is taken within this; the holders' calls take milliseconds and up
+_takes = itertools.count()
 
 
 def slot_directory(database: str) -> Path:
@@ -30,23 +35,30 @@ def slot_directory(database: str) -> Path:
 
 @contextmanager
 def file_slot(directory: Path, provider: str, timeout_seconds: float) -> Iterator[str | None]:
-    """Holds the provider's lock for the body and yields None; or, when another holder kept it for
+    """Holds the provider's lock for the body and yields None; or, when one holder kept it for
     `timeout_seconds`, yields why the body runs without it."""
     directory.mkdir(exist_ok=True)
     # flock belongs to the open file description: two threads of one process exclude each other too.
     descriptor = os.open(directory / f"{provider}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        deadline = time.monotonic() + timeout_seconds
+        since, holder = time.monotonic(), None
         while True:
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    yield (f"the {provider} slot ({directory / provider}.lock) still held after "
-                           f"{timeout_seconds:g} s by a live process; sent without the slot")
+                seen = os.pread(descriptor, 64, 0)
+                if seen != holder:
+                    if holder is not None:  # the slot moved: a live queue, not a stuck holder
+                        since = time.monotonic()
+                    holder = seen
+                elif time.monotonic() - since >= timeout_seconds:
+                    yield (f"the {provider} slot still held after {timeout_seconds:g} s by one live holder "
+                           f"({seen.decode(errors='replace')}, {directory / provider}.lock); sent without the slot")
                     return
                 time.sleep(POLL_SECONDS)
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"pid {os.getpid()} take {next(_takes)}".encode(), 0)
         yield None
     finally:
         os.close(descriptor)  # also releases the lock

@@ -4,7 +4,7 @@ Prefect cancels a run by killing its process. The warm dispatcher runs each run 
 own process, which cannot be killed, and Prefect 3.9 marks a run Cancelled after 300 s in
 Cancelling whatever the thread still does: resume-dispatch then saw no live run and started a
 second one while the first kept sending. So the provider-send task reads its own flow run's
-state (one short API call, tasks/slot_api.py) before each retry attempt, and after a failed
+state (one short API call, tasks/run_state.py) before each retry attempt, and after a failed
 attempt (in a thread of its own, while the retry waits), and stops when the run is Cancelling or Cancelled: a Cancel takes effect within one
 retry wait or one attempt, whichever is longer. A first attempt does not ask: the engine does not
 start a run cancelled before it starts, and asking would cost every alert a round trip.
@@ -29,7 +29,7 @@ from sqlalchemy import Engine
 
 from broadcasts import dispatch_records
 from broadcasts.errors import RetryableError, RunCancelled
-from tasks import slot_api
+from tasks import run_state
 
 logger = logging.getLogger(__name__)
 CANCELLED = (StateType.CANCELLING, StateType.CANCELLED)
@@ -67,8 +67,8 @@ def _stop_if_cancelled(context: TaskRunContext, engine: Engine, event_id: str, p
     run_id: UUID | None = context.task_run.flow_run_id
     if run_id is None:
         return  # a task called outside a flow run: nothing can cancel it
-    state = slot_api.current_api().run_state(run_id)  # one short call, never raising
-    if isinstance(state, slot_api.Unanswered):
+    state = run_state.current_api().run_state(run_id)  # one short call, never raising
+    if isinstance(state, run_state.Unanswered):
         logger.warning("could not read the state of flow run %s (%s); carrying on", run_id, state.reason)
         return
     if state not in CANCELLED:

@@ -25,7 +25,6 @@ from flows.send_broadcast_event import send_broadcast_event
 from tests.flows.helpers import run_event
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-PROVIDERS = ["ee", "three", "o2", "vodafone"]
 
 
 @pytest.fixture
@@ -88,14 +87,14 @@ def wait_for(received: list[dict], text: str, timeout: float = 60) -> dict:
 
 
 def test_without_a_notification_block_bootstrap_says_alerts_are_off():
-    steps = [str(s) for s in bootstrap(PROVIDERS)]
+    steps = [str(s) for s in bootstrap()]
     assert any("operator alerts are off: set ALERT_NOTIFICATION_BLOCK" in s for s in steps)
     assert any(f"automation '{PREFIX}mark runs without heartbeats crashed'" in s for s in steps)
 
 
 def test_a_blocked_event_and_its_failed_run_page_the_operator_with_what_to_do(configure, engine, sim, receiver):
-    first = bootstrap(PROVIDERS, "custom-webhook/on-call")
-    again = bootstrap(PROVIDERS, "custom-webhook/on-call")
+    first = bootstrap("custom-webhook/on-call")
+    again = bootstrap("custom-webhook/on-call")
     automations = [s.what for s in first if s.what.startswith("automation")]
     assert len(automations) == 9 and not any(s.created for s in again)
 
@@ -115,7 +114,7 @@ def test_a_blocked_event_and_its_failed_run_page_the_operator_with_what_to_do(co
 
 
 def test_a_send_run_claimed_but_never_started_and_one_marked_late_page_the_operator(receiver, send_run):
-    bootstrap(PROVIDERS, "custom-webhook/on-call")
+    bootstrap("custom-webhook/on-call")
     started = send_run(Pending(), Running())
     stuck = send_run(Pending())  # its claimant died before the run started
     late = send_run(Late(scheduled_time=utcnow() - timedelta(seconds=20)))

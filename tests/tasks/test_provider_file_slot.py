@@ -10,8 +10,6 @@ import sys
 import threading
 import time
 
-import pytest
-
 from broadcasts.settings import Settings
 from tasks.provider_file_slot import file_slot, slot_directory
 from tasks.provider_limits import slot_for
@@ -92,8 +90,29 @@ def test_the_sqlite_app_database_uses_the_file_slot_and_pages_when_it_is_stuck(t
     assert any("sent without the slot" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
 
 
-@pytest.mark.parametrize("url", ["postgresql://postgres@127.0.0.1:5432/postgres", "sqlite://"])
-def test_other_databases_use_prefects_limit(url):
-    slot = slot_for(Settings(database_url=url), "ee", 5)
-    assert slot.gen.__qualname__ == "provider_slot"  # type: ignore[attr-defined]  # not entered: no server here
-    slot.gen.close()  # type: ignore[attr-defined]
+def test_an_in_memory_database_has_one_slot_per_process_that_pages_when_it_is_stuck(caplog):
+    """sqlite:// lives in one process: the slot is that process's turns, held across threads."""
+    settings = Settings(database_url="sqlite://")
+    with slot_for(settings, "ee", 5) as note:
+        assert note is None
+        with caplog.at_level(logging.ERROR, logger="tasks.provider_limits"):
+            begun = time.monotonic()
+            stuck = in_thread_result(lambda: _enter(slot_for(settings, "ee", 0.3)))
+    assert stuck is not None and "sent without the slot" in stuck
+    assert time.monotonic() - begun >= 0.3
+    assert any("sent without the slot" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    with slot_for(settings, "ee", 0.3) as note:
+        assert note is None
+
+
+def _enter(slot):  # type: ignore[no-untyped-def]
+    with slot as note:
+        return note
+
+
+def in_thread_result(target):  # type: ignore[no-untyped-def]
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(target()))
+    thread.start()
+    thread.join(10)
+    return result[0]
