@@ -2,7 +2,8 @@
 operator has to discover them.
 
 - Leases of concurrency slots on the filesystem: the in-memory default forgets them when the
-  server restarts, leaving a held `cbc-<provider>` slot taken for ever.
+  server restarts. Only Prefect's concurrency limits use them here (the link-tests deployment's
+  limit of 1); the provider slot is not one (tasks/provider_limits.py).
 - Slot waits capped at 1 s: the 10-30 s defaults would hold an alert back that long.
 - No analytics (the server runs on a closed network).
 - Prefect's own database on PostgreSQL when `PREFECT_SERVER_DATABASE_CONNECTION_URL` is set (the
@@ -13,8 +14,8 @@ operator has to discover them.
 High availability (`--redis-url`): several API replicas on one PostgreSQL database, each started
 with `--no-services`, and the background services (scheduler, automations, late and zombie runs,
 expired leases) in one more process (`--services-only`). Events, the event cache, causal ordering
-and slot leases then live in Redis, so every replica sees every event and every lease; and the
-services' jobs go to Redis too (the next database number), since the in-memory default would
+and concurrency leases then live in Redis, so every replica sees every event and every lease; and
+the services' jobs go to Redis too (the next database number), since the in-memory default would
 schedule runs and fire automations once per process.
 """
 
