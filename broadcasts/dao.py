@@ -11,7 +11,8 @@ from typing import Any
 
 from sqlalchemy import func, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from broadcasts.errors import UnknownEvent
 from broadcasts.models import (
@@ -39,7 +40,10 @@ from broadcasts.models import (
 
 
 def get_event(session: Session, event_id: uuid.UUID) -> BroadcastEvent:
-    event = session.get(BroadcastEvent, event_id)
+    """The event, with its broadcast message and service loaded in the same statement (rule 1
+    reads both)."""
+    event = session.get(BroadcastEvent, event_id,
+                        options=[joinedload(BroadcastEvent.broadcast_message), joinedload(BroadcastEvent.service)])
     if event is None:
         raise UnknownEvent(event_id)
     return event
@@ -127,6 +131,14 @@ def get_or_create_provider_message(
     existing = get_provider_message(session, event_id, provider)
     if existing is not None:
         return existing
+    return create_provider_message(session, event_id, provider, numbered)
+
+
+def create_provider_message(
+    session: Session, event_id: uuid.UUID, provider: str, numbered: bool
+) -> BroadcastProviderMessage:
+    """`get_or_create_provider_message` for a caller that has just read, in this transaction,
+    that there is none yet (another process may still win the race: its row is returned)."""
     new_id = uuid.uuid4()
     now = utcnow()
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
@@ -202,7 +214,7 @@ def append_status(
         created_at=now,
     )
     session.add(row)
-    message.status = status
+    set_committed_value(message, "status", status)  # written by the UPDATE above: not again by a flush
     session.flush()
     return row
 
@@ -210,12 +222,16 @@ def append_status(
 def fix_payload(session: Session, message: BroadcastProviderMessage, payload: dict[str, Any]) -> dict[str, Any]:
     """The payload this identifier is sent with: `payload` if none was fixed yet, else the one
     fixed by the first attempt (whichever of two racing runs wrote first)."""
-    session.execute(
+    fixed = session.execute(
         update(BroadcastProviderMessage)
         .where(BroadcastProviderMessage.id == message.id, BroadcastProviderMessage.payload.is_(None))
         .values(payload=payload)
+        .returning(BroadcastProviderMessage.payload)
         .execution_options(synchronize_session=False)
-    )
+    ).scalar_one_or_none()
+    if fixed is not None:
+        set_committed_value(message, "payload", fixed)
+        return fixed
     session.refresh(message, ["payload"])
     assert message.payload is not None
     return message.payload

@@ -97,7 +97,7 @@ class Mode:
 
 @dataclass(frozen=True)
 class _Ready:
-    event_id: uuid.UUID
+    event: BroadcastEvent  # loaded by the checks; events never change
     message_id: uuid.UUID
     payload: dict[str, Any]
     expires_at: datetime | None
@@ -136,14 +136,15 @@ def _prepare(
     guards.ensure_not_expired(event, now, attempted=records.attempted(session, message))
     earlier = dao.earlier_events(session, event)
     guards.ensure_not_cancelled(event, earlier)
-    if supersede.superseding_cancel(session, event) is not None and (
+    later_cancels = [] if event.message_type == "cancel" else dao.later_cancels(session, event)
+    if supersede.first(later_cancels) is not None and (
             message is None or message.status in UNFINISHED_STATUSES):  # rule 6
-        message = dao.get_or_create_provider_message(session, event.id, provider.name, provider.numbered)
+        message = message or dao.create_provider_message(session, event.id, provider.name, provider.numbered)
         return _Superseding(event.id, message.id)
-    _ensure_cancel_not_sent(session, event, provider.name)
+    _ensure_cancel_not_sent(session, later_cancels, event, provider.name)
     earlier_messages = {
         m.broadcast_event_id: m
-        for m in dao.provider_messages(session, [e.id for e in earlier], provider.name)
+        for m in (dao.provider_messages(session, [e.id for e in earlier], provider.name) if earlier else [])
     }
     pairs = [(e, earlier_messages.get(e.id)) for e in earlier]
     refused = dao.refusal_reasons(session, [e.id for e, m in pairs if m is None], provider.name)
@@ -151,10 +152,10 @@ def _prepare(
         guards.ensure_earlier_events_acknowledged(event, provider.name, pairs, now, refused)
     except EarlierEventPending as waiting:
         # Create it now so the identifier (and Vodafone number) is fixed while it waits.
-        message = dao.get_or_create_provider_message(session, event.id, provider.name, provider.numbered)
+        message = message or dao.create_provider_message(session, event.id, provider.name, provider.numbered)
         records.record_wait(session, message, waiting, now, mode.long_wait_seconds)
         raise
-    message = dao.get_or_create_provider_message(session, event.id, provider.name, provider.numbered)
+    message = message or dao.create_provider_message(session, event.id, provider.name, provider.numbered)
     if message.payload is not None:
         payload = message.payload
     else:
@@ -168,19 +169,18 @@ def _prepare(
             channel=dao.channel(session, event.service_id),
             headline=headline,
         ))
-    return _Ready(event.id, message.id, payload, event.finishes_at)
+    return _Ready(event, message.id, payload, event.finishes_at)
 
 
-def _ensure_cancel_not_sent(session: Session, event: BroadcastEvent, provider: str) -> None:
+def _ensure_cancel_not_sent(session: Session, later_cancels: list[BroadcastEvent], event: BroadcastEvent,
+                            provider: str) -> None:
     """Rule 1, after the fact: an alert or update (a replay, say) is refused once a later cancel
     of its broadcast may have reached this provider: anything but a cancel that has only waited
     (for this event, or another earlier one) and was never attempted. A cancel goes ahead past a
     failed or refused event (rule 5), so without this a replay of that event would follow it.
     Checked after rule 6, which supersedes every send still under way: what is left here is an
     operator's replay of a `technical-failure` message."""
-    if event.message_type == "cancel":
-        return
-    for cancel in dao.later_cancels(session, event):
+    for cancel in later_cancels:  # none for a cancel
         message = dao.get_provider_message(session, cancel.id, provider)
         if message is None:
             continue
@@ -251,26 +251,21 @@ def _send(
     mode: Mode,
     route_advice_seconds: float,
 ) -> SendResult:
-    stop: Exception | None = None
-    _supersede_earlier(engine, event_id, provider, enabled, now())
     with unit_of_work(engine) as session:
         event = dao.get_event(session, event_id)
-        expires_at = event.finishes_at
-        try:
-            _ensure_may_send(session, event, provider.name, enabled)  # rule 1
-            ready = _prepare(session, event, provider, headline, now(), mode)
-        except SendRefused as error:
-            records.record_refusal(session, event_id, provider, error)
-            stop = error
-        except (InvalidBroadcast, EventExpired, EarlierEventFailed, PayloadError) as error:
-            records.record_failure(session, event_id, provider, error)
-            stop = error
-        except (RetryableError, EndedTechnicalFailure, Superseded) as error:  # the last two record nothing
-            stop = error
+        if event.message_type != "cancel":
+            ready = _check(session, event, provider, enabled, headline, now(), mode)
+    if event.message_type == "cancel":
+        # A cancel's part of rule 6 takes other messages' locks: outside the checks' transaction.
+        _supersede_earlier(engine, event_id, provider, enabled, now())
+        with unit_of_work(engine) as session:
+            event = dao.get_event(session, event_id)
+            ready = _check(session, event, provider, enabled, headline, now(), mode)
+    expires_at = event.finishes_at
     try:
         # Raised after the transaction above commits, so what was recorded stays recorded.
-        if stop is not None:
-            raise stop
+        if isinstance(ready, Exception):
+            raise ready
         if isinstance(ready, SendResult):
             return ready
         if isinstance(ready, _Superseding):
@@ -281,6 +276,23 @@ def _send(
         raise
 
 
+def _check(session: Session, event: BroadcastEvent, provider: Provider, enabled: Sequence[str], headline: str,
+           now: datetime, mode: Mode) -> _Ready | _Superseding | SendResult | Exception:
+    """Rules 1-6 for this attempt, what they record, and what to do: send, supersede, report an
+    earlier acknowledgement, or the error to raise once the transaction has committed."""
+    try:
+        _ensure_may_send(session, event, provider.name, enabled)  # rule 1
+        return _prepare(session, event, provider, headline, now, mode)
+    except SendRefused as error:
+        records.record_refusal(session, event.id, provider, error)
+        return error
+    except (InvalidBroadcast, EventExpired, EarlierEventFailed, PayloadError) as error:
+        records.record_failure(session, event.id, provider, error)
+        return error
+    except (RetryableError, EndedTechnicalFailure, Superseded) as error:  # the last two record nothing
+        return error
+
+
 def _supersede_earlier(engine: Engine, event_id: uuid.UUID, provider: Provider, enabled: Sequence[str],
                        now: datetime) -> None:
     """A cancel's part of rule 6, before its checks and outside their transaction, since it takes
@@ -288,8 +300,6 @@ def _supersede_earlier(engine: Engine, event_id: uuid.UUID, provider: Provider, 
     supersedes nothing and allocates nothing: the checks then stop it and record why."""
     with unit_of_work(engine) as session:
         event = dao.get_event(session, event_id)
-        if event.message_type != "cancel":
-            return
         try:
             _ensure_may_send(session, event, provider.name, enabled)
             guards.ensure_valid_broadcast(event, now)
@@ -342,15 +352,15 @@ def _attempt(
     with provider_slot() as slot_note:
         with send_lock.exclusive(engine, ready.message_id) as lock:
             if not lock:
-                raise SendInProgress(ready.event_id, provider.name)
+                raise SendInProgress(ready.event.id, provider.name)
             with unit_of_work(engine) as session:
                 message = session.get_one(BroadcastProviderMessage, ready.message_id)
                 if guards.is_acknowledged(message):  # another run finished while we prepared
                     return _ack(message, None, sent_now=False)
                 # Another run may have ended it technical-failure since this one prepared.
-                _ensure_not_failed(session, ready.event_id, provider.name, message, mode)
+                _ensure_not_failed(session, ready.event.id, provider.name, message, mode)
                 # A cancel written since this run prepared: the call must not start (rule 6).
-                superseded = supersede.under_lock(session, dao.get_event(session, ready.event_id), message)
+                superseded = supersede.under_lock(session, ready.event, message)
                 attempt = dao.attempts_so_far(session, message.id) + 1
                 if message.status == TECHNICAL_FAILURE:  # an operator's replay
                     dao.append_status(session, message, SENDING, detail={"reason": "replayed"})
@@ -362,14 +372,14 @@ def _attempt(
             extra = {"slot_stuck": slot_note} if slot_note else {}
             if not _has_expired(ready, now()):  # waiting for the slot can take a while
                 if not lock.still_held():  # its connection dropped: another run may take it now
-                    raise SendLockLost(ready.event_id, provider.name)
+                    raise SendLockLost(ready.event.id, provider.name)
                 try:
                     outcome = proxy.send(routes, ready.payload, deadline=ready.expires_at)
                 except AllRoutesFailed as error:
                     outcome = error
                 if not lock.still_held():
                     extra["lock_lost"] = LOCK_LOST
-                    logger.error("event %s to %s: %s", ready.event_id, provider.name, LOCK_LOST)
+                    logger.error("event %s to %s: %s", ready.event.id, provider.name, LOCK_LOST)
             with unit_of_work(engine) as session:
                 message = session.get_one(BroadcastProviderMessage, ready.message_id)
                 if isinstance(outcome, Delivered):

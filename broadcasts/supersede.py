@@ -32,7 +32,12 @@ def superseding_cancel(session: Session, event: BroadcastEvent) -> BroadcastEven
     A cancel is never superseded."""
     if event.message_type == "cancel":
         return None
-    return min(dao.later_cancels(session, event), key=lambda cancel: cancel.order_key, default=None)
+    return first(dao.later_cancels(session, event))
+
+
+def first(cancels: list[BroadcastEvent]) -> BroadcastEvent | None:
+    """The first of these later cancels in the broadcast's order: the one that supersedes."""
+    return min(cancels, key=lambda cancel: cancel.order_key, default=None)
 
 
 def under_lock(session: Session, event: BroadcastEvent, message: BroadcastProviderMessage) -> Superseded | None:

@@ -58,6 +58,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
@@ -69,6 +70,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 from prefect.flow_engine import run_flow
 from prefect.logging import get_logger
+from prefect.results import get_default_result_storage
 from prefect.settings import PREFECT_TASKS_DEFAULT_PERSIST_RESULT, temporary_settings
 from prefect.states import Cancelled
 from sqlalchemy import text
@@ -154,10 +156,12 @@ class Dispatcher:
 
     def start(self) -> list[str]:
         """Finds the deployments, warms up, then listens and polls. Returns the deployment names."""
+        storage = _result_storage()
         with get_client(sync_client=True) as client:
             for name, alert_flow in ALERT_FLOWS.items():
                 try:
-                    self._flows[client.read_deployment_by_name(name).id] = alert_flow
+                    self._flows[client.read_deployment_by_name(name).id] = alert_flow.with_options(
+                        result_storage=storage)
                 except ObjectNotFound:
                     raise ObjectNotFound(http_exc=None, help_message=(
                         f"the deployment {name} is not registered: run `broadcasts serve` once, or "
@@ -296,6 +300,16 @@ class Dispatcher:
             except Exception as error:  # the poll covers the gap; the subscriber replays a minute
                 logger.warning("listening for alert runs: %s; reconnecting", error)
                 await asyncio.sleep(1)
+
+
+def _result_storage() -> Any:
+    """Where the alert flows keep their results: what Prefect would choose for each run, asked of
+    the server once. Left to Prefect, every run asked the server twice (GET /admin/storage) before
+    it started; a server default storage set later takes effect when the dispatcher restarts."""
+    storage = get_default_result_storage()
+    if getattr(storage, "_block_document_id", None) is not None:  # a saved block: the server's default
+        return storage
+    return Path(storage.basepath)  # Prefect's local default (a flow takes only saved blocks or a path)
 
 
 def _finish_if_cancelled(client: SyncPrefectClient, run: FlowRun) -> None:

@@ -87,6 +87,9 @@ def database_slot(engine: Engine, provider: str, timeout_seconds: float) -> Iter
 
 def _wait_for_lock(connection: Connection, provider: str, timeout_seconds: float) -> str | None:
     key = lock_key(provider)
+    with connection.begin():  # a free slot, the usual case: one statement
+        if connection.scalar(select(func.pg_try_advisory_lock(LOCK_CLASS, key))):
+            return None
     since, holder = time.monotonic(), None
     while True:
         wait = max(0.001, min(POLL_SECONDS, since + timeout_seconds - time.monotonic()))
