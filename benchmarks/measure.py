@@ -22,9 +22,10 @@ from typing import Any
 import httpx
 
 from benchmarks.stack import Stack
+from broadcasts.providers import get_provider
 
 PROVIDERS = ["ee", "three", "o2", "vodafone"]
-PRIMARY_ROUTES = [f"{p}-1-proxy" for p in PROVIDERS]
+PRIMARY_ROUTES = [get_provider(p).routes(second_cbc=True)[0] for p in PROVIDERS]  # each network's first
 ALL_ROUTES = [f"{p}-{n}-proxy" for p in PROVIDERS for n in (1, 2)]
 SQUARE = [[51.5, -0.1], [51.6, -0.1], [51.6, 0.0]]
 CALL_TIMEOUT = 60.0
@@ -182,7 +183,7 @@ class Bench:
         """The 4 primary invokes in 4 threads: seconds from their start to the 4th received (or
         answered)."""
         tag = uuid.uuid4().hex
-        payloads = [(route, self._payload(route, tag)) for route in PRIMARY_ROUTES]
+        payloads = [(route, self._payload(route.function, tag)) for route in PRIMARY_ROUTES]
         start = time.time()
         futures = [self.direct.submit(self.proxy.invoke, route, payload) for route, payload in payloads]
         for future in futures:
@@ -193,7 +194,7 @@ class Bench:
 
     def direct_burst(self, invokes: int, parallel: int) -> float:
         tag = uuid.uuid4().hex
-        payloads = [(route, self._payload(route, tag)) for _ in range(invokes // len(PRIMARY_ROUTES))
+        payloads = [(route, self._payload(route.function, tag)) for _ in range(invokes // len(PRIMARY_ROUTES))
                     for route in PRIMARY_ROUTES]
         with ThreadPoolExecutor(parallel) as pool:
             start = time.monotonic()
