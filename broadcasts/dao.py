@@ -142,7 +142,7 @@ def create_provider_message(
     new_id = uuid.uuid4()
     now = utcnow()
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    inserted = session.execute(
+    inserted = session.scalars(
         insert(BroadcastProviderMessage)
         .values(
             id=new_id,
@@ -152,22 +152,23 @@ def create_provider_message(
             created_at=now,
         )
         .on_conflict_do_nothing(index_elements=["broadcast_event_id", "provider"])
-        .returning(BroadcastProviderMessage.id)
-    ).scalar_one_or_none()
-    if inserted is not None:
-        if numbered:
-            session.add(
-                BroadcastProviderMessageNumber(
-                    broadcast_provider_message_number=next_message_number(session),
-                    broadcast_provider_message_id=new_id,
-                )
-            )
+        .returning(BroadcastProviderMessage)
+    ).one_or_none()
+    if inserted is not None:  # ours: its number and first history row go with it
+        number = BroadcastProviderMessageNumber(
+            broadcast_provider_message_number=next_message_number(session),
+            broadcast_provider_message_id=new_id,
+        ) if numbered else None
+        if number is not None:
+            session.add(number)
+        set_committed_value(inserted, "number", number)  # known: no read to load it
         session.add(
             BroadcastProviderMessageStatus(
                 broadcast_provider_message_id=new_id, status=SENDING, created_at=now
             )
         )
         session.flush()
+        return inserted
     message = get_provider_message(session, event_id, provider)
     assert message is not None, "the winning insert is committed before the loser reads"
     return message

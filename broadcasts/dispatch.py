@@ -381,7 +381,9 @@ def _attempt(
                     extra["lock_lost"] = LOCK_LOST
                     logger.error("event %s to %s: %s", ready.event.id, provider.name, LOCK_LOST)
             with unit_of_work(engine) as session:
-                message = session.get_one(BroadcastProviderMessage, ready.message_id)
+                # As read under the lock before the call, not read again: its status is only ever
+                # changed by an UPDATE that checks it (dao.append_status).
+                message = session.merge(message, load=False)
                 if isinstance(outcome, Delivered):
                     failures = [f.as_dict() for f in outcome.failures]
                     detail = {**extra, **({"failed_routes": failures} if failures else {})}

@@ -73,7 +73,11 @@ def database_slot(engine: Engine, provider: str, timeout_seconds: float) -> Iter
                    "(stuck in its call); sent without the slot")
             return
         with engine.connect() as connection:
-            stuck = _wait_for_lock(connection, provider, timeout_seconds)
+            turns.waiting_elsewhere_for(turn)
+            try:
+                stuck = _wait_for_lock(connection, provider, timeout_seconds)
+            finally:
+                turns.holding(turn)
             if stuck is not None:
                 yield stuck
                 return

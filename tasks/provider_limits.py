@@ -26,7 +26,9 @@ attempt's history.
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -89,7 +91,15 @@ def _process_slot(provider: str, timeout_seconds: float) -> Iterator[str | None]
 
 
 def _page(provider: str, note: str) -> None:
+    """Logs the ERROR now and emits the event in the background: a send already held back by a
+    stuck slot must not also wait for a Prefect API that may be the reason (with none answering,
+    emitting took seconds)."""
     _run_logger().error("%s", note)
+    threading.Thread(target=contextvars.copy_context().run, args=(_emit, provider, note),
+                     name=f"page {provider} slot stuck", daemon=True).start()
+
+
+def _emit(provider: str, note: str) -> None:
     try:
         emit_event(
             event=SLOT_STUCK_EVENT,
