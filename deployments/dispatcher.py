@@ -104,7 +104,7 @@ START_SECONDS = 10.0
 # 2.5 MiB of resident memory, 7 threads (its own, the task runner's, the heartbeat) and one
 # Prefect API connection, so 256 cost about 650 MiB. Database connections did not grow past 10
 # (the pool keeps 10): only one send per network waits on the database for its slot
-# (tasks/slot_turns.py), and a send takes its per-message lock only once it holds that slot
+# (broadcasts/slot_turns.py), and a send takes its per-message lock only once it holds that slot
 # (broadcasts/dispatch.py, `_attempt`; the pool is made in broadcasts/db.py).
 MAX_HELD = 256
 

@@ -4,11 +4,11 @@ It is not an ordering tool (waiters are not served in order; ordering is docs/be
 rule 5) and it is held only while the proxy is called, never while a retry waits, or one failing
 alert would hold back every other alert for that network. It lives where every sender meets:
 
-- a PostgreSQL app database: an advisory lock per network (tasks/provider_db_slot.py), shared by
+- a PostgreSQL app database: an advisory lock per network (broadcasts/provider_db_slot.py), shared by
   every process on every machine;
-- a SQLite file: a file lock per network beside it (tasks/provider_file_slot.py), since every
+- a SQLite file: a file lock per network beside it (broadcasts/provider_file_slot.py), since every
   sender runs on the machine that holds the file;
-- an in-memory SQLite database (one process): this process's turns (tasks/slot_turns.py).
+- an in-memory SQLite database (one process): this process's turns (broadcasts/slot_turns.py).
 
 Each is taken and given back without the Prefect API. Prefect's global concurrency limits
 (`cbc-<provider>`) served as the slot before: three API calls per send (take, a holder record,
@@ -41,9 +41,9 @@ from sqlalchemy.engine import make_url
 from broadcasts.db import get_engine
 from broadcasts.providers import PROVIDERS
 from broadcasts.settings import Settings
-from tasks.provider_db_slot import database_slot
-from tasks.provider_file_slot import file_slot, slot_directory
-from tasks.slot_turns import Turns
+from broadcasts.provider_db_slot import database_slot
+from broadcasts.provider_file_slot import file_slot, slot_directory
+from broadcasts.slot_turns import Turns
 
 SLOT_STUCK_EVENT = "broadcast.provider.slot-stuck"
 

@@ -37,7 +37,7 @@ from broadcasts.models import BroadcastProviderMessage
 from deployments import server
 from flows.resume_dispatch import FLOW_NAME as RESUME_FLOW
 from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT
-from tasks.provider_db_slot import LOCK_CLASS, lock_key
+from broadcasts.provider_db_slot import LOCK_CLASS, lock_key
 from tests.support.slots import held_slots
 from deployments.automations import MISSED_HEARTBEATS
 from deployments.bootstrap import bootstrap

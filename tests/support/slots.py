@@ -10,8 +10,8 @@ import os
 from sqlalchemy import Engine, text
 
 from broadcasts.providers import PROVIDERS
-from tasks.provider_db_slot import LOCK_CLASS, lock_key
-from tasks.provider_file_slot import slot_directory
+from broadcasts.provider_db_slot import LOCK_CLASS, lock_key
+from broadcasts.provider_file_slot import slot_directory
 
 _HELD = text(
     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "

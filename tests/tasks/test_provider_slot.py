@@ -1,7 +1,7 @@
 """The provider slot (tasks/provider_limits.py) on the test database: mutual exclusion within a
 process and across processes, a queue of live holders never taken for a stuck slot, a holder
 that died freeing it at once, and a slot that is stuck never keeping an alert from a network.
-On PostgreSQL it is the advisory lock (tasks/provider_db_slot.py), on SQLite the file lock; no
+On PostgreSQL it is the advisory lock (broadcasts/provider_db_slot.py), on SQLite the file lock; no
 Prefect server is involved except where the page (a Prefect event) is checked."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from broadcasts import dispatch
 from broadcasts.cbc_proxy import get_proxy
 from broadcasts.models import utcnow
 from broadcasts.settings import get_settings
-from tasks.provider_db_slot import LOCK_CLASS, lock_key
+from broadcasts.provider_db_slot import LOCK_CLASS, lock_key
 from tasks.provider_limits import SLOT_STUCK_EVENT, slot_for
 from tests.conftest import PROJECT_ROOT, backend
 from tests.factories import make_alert

@@ -1,4 +1,4 @@
-"""The provider slot on the SQLite app database (tasks/provider_file_slot.py): real file locks,
+"""The provider slot on the SQLite app database (broadcasts/provider_file_slot.py): real file locks,
 real threads and a real process that dies holding one. No Prefect server: none is involved."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import threading
 import time
 
 from broadcasts.settings import Settings
-from tasks.provider_file_slot import file_slot, slot_directory
+from broadcasts.provider_file_slot import file_slot, slot_directory
 from tasks.provider_limits import slot_for
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from tasks.provider_file_slot import file_slot
+from broadcasts.provider_file_slot import file_slot
 with file_slot(Path(sys.argv[1]), "ee", 5) as note:
     assert note is None
     print("held", flush=True)

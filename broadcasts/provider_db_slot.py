@@ -8,7 +8,7 @@ holder record, release; 80-280 ms for the take alone when four sends asked at on
 every send to the Prefect API (docs/behaviour.md §4). It dies with its holder: a crashed process's
 connection closes and the database frees the lock at once, with no lease to wait out.
 
-Only the send whose turn it is in this process waits on the database (tasks/slot_turns.py), so a
+Only the send whose turn it is in this process waits on the database (broadcasts/slot_turns.py), so a
 burst holds one connection per network for the slot, not one per waiting send. It waits in
 `pg_advisory_lock` itself, woken the moment the lock is free, for at most `POLL_SECONDS` at a
 time (`lock_timeout`); between waits it reads who holds the lock (`pg_locks`: the holder's
@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from tasks.slot_turns import Turns
+from broadcasts.slot_turns import Turns
 
 POLL_SECONDS = 1.0  # how often a waiter looks at who holds the lock; it is woken at once when freed
 LOCK_CLASS = 0x63626373  # "cbcs": the first key of every provider slot's two-key advisory lock

@@ -1,11 +1,11 @@
-"""The turns of one process's sends to a network (tasks/slot_turns.py), with real threads."""
+"""The turns of one process's sends to a network (broadcasts/slot_turns.py), with real threads."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-from tasks.slot_turns import Turn, Turns
+from broadcasts.slot_turns import Turn, Turns
 
 
 def take_in_thread(turns: Turns, timeout: float) -> tuple[threading.Thread, list[Turn]]:

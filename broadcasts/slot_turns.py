@@ -1,6 +1,6 @@
 """The sends of one process to one network, one at a time (tasks/provider_limits.py).
 
-In front of the database slot (tasks/provider_db_slot.py) they keep a burst from holding a
+In front of the database slot (broadcasts/provider_db_slot.py) they keep a burst from holding a
 database connection per waiting send: only the send whose turn it is waits on the database, so
 however many runs this process has, it holds at most one connection per network for the slot.
 Where every sender is in this process (an in-memory SQLite database) the turns are the slot.
