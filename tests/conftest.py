@@ -29,8 +29,12 @@ def backend() -> str:
 # Fixtures that start a Prefect server. A test on one (directly or through other fixtures), or
 # marked `prefect`, meets the same PostgreSQL-backed Prefect in both passes and mostly tests the
 # Prefect side, so the SQLite pass leaves it to the PostgreSQL pass (which runs everything) unless
-# it is marked `sqlite`: its behaviour differs on the SQLite app database.
+# it is marked `sqlite`: its behaviour differs on the SQLite app database. So does a test that
+# never meets the pass's database (none of APP_DATABASE_FIXTURES among its fixtures): it is the
+# same test in both passes, a SQLite file it makes for itself included.
 PREFECT_SERVER_FIXTURES = frozenset({"prefect_server", "scheduling_server"})
+# The fixtures whose database is the pass's (`TEST_DATABASE`): the suite's, or an empty one of the same kind.
+APP_DATABASE_FIXTURES = frozenset({"database_url", "empty_engine", "empty_database_url"})
 _left_to_postgresql = pytest.StashKey[int]()
 _prefect_home = pytest.StashKey[str]()
 
@@ -38,6 +42,13 @@ _prefect_home = pytest.StashKey[str]()
 def needs_prefect_server(item: pytest.Item) -> bool:
     fixtures = set(getattr(item, "fixturenames", ()))
     return bool(fixtures & PREFECT_SERVER_FIXTURES) or item.get_closest_marker("prefect") is not None
+
+
+def differs_on_sqlite(item: pytest.Item) -> bool:
+    """Whether the SQLite pass runs it: marked `sqlite`, or on the app database without a Prefect server."""
+    if item.get_closest_marker("sqlite") is not None:
+        return True
+    return bool(APP_DATABASE_FIXTURES & set(getattr(item, "fixturenames", ()))) and not needs_prefect_server(item)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -61,10 +72,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     kept, left = [], []
     for item in items:
-        if needs_prefect_server(item) and item.get_closest_marker("sqlite") is None:
-            left.append(item)
-        else:
-            kept.append(item)
+        (kept if differs_on_sqlite(item) else left).append(item)
     config.stash[_left_to_postgresql] = len(left)
     if left:
         config.hook.pytest_deselected(items=left)
@@ -75,8 +83,8 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:  #
     left = config.stash.get(_left_to_postgresql, 0)
     if left:
         terminalreporter.write_line(
-            f"SQLite pass: {left} Prefect-server tests left to the PostgreSQL pass "
-            "(only those marked `sqlite` run here)")
+            f"SQLite pass: {left} tests left to the PostgreSQL pass (Prefect-server tests not marked "
+            "`sqlite`, and tests that never meet this pass's database)")
 
 
 @pytest.fixture(scope="session")
