@@ -217,7 +217,7 @@ def send_once(
     """Send one event to one provider once, or raise why not (see `errors`).
 
     `enabled` is ENABLED_CBCS. `provider_slot` is entered only around the proxy call (the
-    orchestrator's per-provider concurrency limit), never while waiting for a retry. `mode` says
+    per-provider slot, a concurrency limit of 1), never while waiting for a retry. `mode` says
     whether this run is an operator's replay (the only run that sends a `technical-failure`
     message again) and when a wait pages. `route_advice_seconds` is how long the last route that
     worked is tried first (ROUTE_ADVICE_SECONDS). Every RetryableError raised names the event,
@@ -345,8 +345,9 @@ def _attempt(
     mode: Mode,
     route_advice_seconds: float,
 ) -> SendResult:
-    # The slot first, then the lock: a send waiting for its network holds no database connection,
-    # so however many runs wait, at most one connection per network is held through a call. The
+    # The slot first, then the lock: of the sends waiting for a network, only one per process holds
+    # a database connection (the slot's), so however many runs wait, at most two connections per
+    # network and process are held through a call. The
     # outcome is recorded before the slot is given back: the next send to this network (often the
     # next event of the same broadcast) then finds this one acknowledged.
     with provider_slot() as slot_note:

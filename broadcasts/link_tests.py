@@ -63,7 +63,7 @@ def link_test_route(engine: Engine, proxy: CBCProxy, provider_name: str, route: 
                     provider_slot: ProviderSlot = nullcontext) -> RouteTestResult:
     """One link test on one route (`lambda1-cbc_a` …), recorded in `link_test_result` whatever
     the outcome: the row names the route, and its detail the proxy function and CBC target.
-    `provider_slot` is entered only around the proxy call (the provider's concurrency limit)."""
+    `provider_slot` is entered only around the proxy call (the provider's slot, a concurrency limit of 1)."""
     provider = get_provider(provider_name)
     routes = {r.name: r for r in proxy.routes(provider)}
     if route not in routes:

@@ -13,11 +13,13 @@ burst holds one connection per network for the slot, not one per waiting send. I
 `pg_advisory_lock` itself, woken the moment the lock is free, for at most `POLL_SECONDS` at a
 time (`lock_timeout`); between waits it reads who holds the lock (`pg_locks`: the holder's
 backend, and when that backend last changed state, which is when it took the lock, since the
-slot's connection runs nothing while it holds it). A holder that stays the same for
-`timeout_seconds` is stuck in its call (the caller sets the bound longer than any live call): the
-send then goes ahead without the slot and says why, and the caller pages. A holder that changes
-is a slot that moves, and the wait starts again, so a queue of live holders is never taken for a
-stuck one.
+slot's connection runs nothing while it holds it). A holder that has held it for
+`timeout_seconds` (on the server's clock; where the server does not show another role's
+backends, for as long as this waiter saw the same holder) is stuck in its call (the caller sets
+the bound longer than any live call): the send then goes ahead without the slot and says why,
+and the caller pages, and every send queued behind the same holder passes it as soon as it
+looks. A holder that changes is a slot that moves, so a queue of live holders is never taken
+for a stuck one.
 
 A lock whose connection drops during the call (a terminated backend, a database failover) is
 gone while its holder runs on, like the per-message lock (broadcasts/send_lock.py): the give-back
@@ -46,9 +48,11 @@ _LOCK_NOT_AVAILABLE = "55P03"
 logger = logging.getLogger(__name__)
 _turns: defaultdict[tuple[str, str], Turns] = defaultdict(Turns)  # per (database, provider), in this process
 
-# The holder of a two-key advisory lock in this database: its backend, and when it last changed state.
+# The holder of a two-key advisory lock in this database: its backend, when it last changed state,
+# and how many seconds ago that was (the server's clock).
 _HOLDER = text(
-    "SELECT a.pid, a.state_change FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "SELECT a.pid, a.state_change, EXTRACT(EPOCH FROM clock_timestamp() - a.state_change) "
+    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
     "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 "
     "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
     "AND l.classid = CAST(:classid AS oid) AND l.objid = CAST(:objid AS oid)"
@@ -72,19 +76,29 @@ def database_slot(engine: Engine, provider: str, timeout_seconds: float) -> Iter
             yield (f"the {provider} slot still held after {turn.passed_over:.0f} s by a send in this process "
                    "(stuck in its call); sent without the slot")
             return
-        with engine.connect() as connection:
-            turns.waiting_elsewhere_for(turn)
+        turns.waiting_elsewhere_for(turn)
+        connection = engine.connect()
+        # A pooled connection must never go back holding the lock: unless it was given back (or
+        # never taken), the connection is closed for good, which frees it.
+        may_hold = True
+        try:
             try:
                 stuck = _wait_for_lock(connection, provider, timeout_seconds)
             finally:
                 turns.holding(turn)
             if stuck is not None:
+                may_hold = False
+                connection.close()  # not held through a call made without the slot
                 yield stuck
                 return
             try:
                 yield None
             finally:
-                _give_back(connection, provider)
+                may_hold = not _give_back(connection, provider)
+        finally:
+            if may_hold:
+                connection.invalidate()
+            connection.close()
     finally:
         turns.end(turn)
 
@@ -109,24 +123,27 @@ def _wait_for_lock(connection: Connection, provider: str, timeout_seconds: float
             now_held_by = connection.execute(_HOLDER, {"classid": LOCK_CLASS, "objid": key}).first()
         if now_held_by is None:  # given back meanwhile: ask again at once
             continue
-        seen = tuple(now_held_by)
-        if seen != holder:
+        pid, taken_at, held_for = now_held_by
+        if (pid, taken_at) != holder:
             if holder is not None:  # the slot moved: a live queue, not a stuck holder
                 since = time.monotonic()
-            holder = seen
-        elif time.monotonic() - since >= timeout_seconds:
-            return (f"the {provider} slot still held after {timeout_seconds:g} s by database backend {seen[0]} "
-                    f"(holding it since {seen[1]}, stuck in its call); sent without the slot")
+            holder = (pid, taken_at)
+        # Judged by the holder's own time where the server tells it (a send queued behind a stuck
+        # holder passes it at once, not a whole bound later), else by how long this waiter saw it.
+        if float(held_for if held_for is not None else time.monotonic() - since) >= timeout_seconds:
+            return (f"the {provider} slot still held after {timeout_seconds:g} s by database backend {pid} "
+                    f"(holding it since {taken_at}, stuck in its call); sent without the slot")
 
 
-def _give_back(connection: Connection, provider: str) -> None:
+def _give_back(connection: Connection, provider: str) -> bool:
+    """Whether the lock is known to be given back; if not, the caller closes the connection."""
     try:
         released = connection.scalar(select(func.pg_advisory_unlock(LOCK_CLASS, lock_key(provider))))
         connection.commit()
     except SQLAlchemyError:
-        connection.invalidate()  # never reuse a connection that failed
         logger.warning("the %s slot's database connection was lost during the call: the database "
                        "released the slot with it", provider)
-        return
+        return False
     if not released:
         logger.warning("the %s slot was no longer held when given back (its connection was reset)", provider)
+    return True

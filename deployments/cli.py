@@ -270,7 +270,7 @@ def server_command(
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 4200,
     ui: Annotated[bool, typer.Option(help="Serve the Prefect UI too.")] = True,
     redis_url: Annotated[str | None, typer.Option(
-        help="High availability: keep events, slot leases and the services' jobs in this Redis "
+        help="High availability: keep events, concurrency leases and the services' jobs in this Redis "
              "(redis://host:6379/N; jobs use N+1). Give every replica and the services process the same URL.")] = None,
     services: Annotated[bool, typer.Option(
         help="Run the background services (scheduler, automations, late and zombie runs) in this process. "

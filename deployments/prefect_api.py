@@ -51,8 +51,8 @@ def client_settings() -> Iterator[dict[str, str]]:
 
 def start_temporary_server(server: Any) -> None:
     """Starts Prefect's temporary server as Prefect itself would without PREFECT_API_URL, but
-    with the service's server settings (deployments/server.py: no analytics, slot leases kept on
-    disk) where the operator set none: the server process inherits this environment."""
+    with the service's server settings (deployments/server.py: no analytics, concurrency leases
+    kept on disk) where the operator set none: the server process inherits this environment."""
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
     from deployments.server import server_environment

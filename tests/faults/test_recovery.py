@@ -158,7 +158,8 @@ def test_serve_killed_at_every_point_of_a_send_finishes_every_network_with_its_f
         assert alive == [], f"still running after SIGKILL: {alive}"
         assert outside == [], f"processes outside serve's process group: {outside}"
         assert {s.status for s in statuses(db, event_id).values()} <= {"sending", "returned-error"}
-    vodafone_slot.close()  # its holder finishes: the lock goes with its connection
+    vodafone_slot.invalidate()  # its holder ends: the lock goes with its connection (closed, not pooled)
+    vodafone_slot.close()
     print(f"\nserve killed with {len(group)} process(es) under it (flow runs included), "
           f"{'with' if caught else 'without'} a resume-dispatch run starting")
     first = {c["function"].split("-")[0]: sent_as(c) for c in before}

@@ -26,6 +26,7 @@ from tests.conftest import PROJECT_ROOT, backend
 from tests.factories import make_alert
 from tests.flows.helpers import in_thread, prefect_events, run_event, statuses
 from tests.support.polling import eventually
+from tests.support.slots import held_slots
 
 postgresql_only = pytest.mark.skipif(backend() != "postgresql", reason="the advisory lock is PostgreSQL's")
 
@@ -201,6 +202,38 @@ def test_a_holder_that_died_frees_the_slot_at_once_and_a_live_one_that_hangs_is_
     send(engine, second, timeout=30)
     assert time.monotonic() - begun < 2
     assert "slot_stuck" not in (statuses(engine, second)["ee"].history[-1].detail or {})
+
+
+@postgresql_only
+def test_a_send_arriving_after_a_holder_elsewhere_has_held_the_bound_passes_it_at_once(configure, engine, sim):
+    """Stuck is the holder's own time, on the database's clock: sends queued behind one stuck
+    holder do not each wait a whole bound again."""
+    configure(ENABLED_CBCS="ee")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_AND_HANG], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                              env=os.environ.copy(), text=True)
+    try:
+        assert holder.stdout and holder.stdout.readline().strip() == "held"
+        time.sleep(2.2)  # it has now held the slot longer than the bound below
+        _, _, event_id = make_alert(engine)
+        held: list = []
+        settings = get_settings()
+        begun = time.monotonic()
+        send(engine, event_id, slot=lambda: timed(slot_for(settings, "ee", 2), held))
+        waited = held[0][0] - begun
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert held[0][2] is not None and "still held after 2 s" in held[0][2]
+    assert waited < 1.8, f"waited {waited:.1f} s behind a holder already past the bound"
+
+
+@postgresql_only
+def test_a_body_that_raises_gives_the_slot_back(configure, engine):
+    settings = get_settings()
+    with pytest.raises(RuntimeError):
+        with slot_for(settings, "ee", 5):
+            raise RuntimeError("the call went wrong")
+    assert held_slots(engine) == []
 
 
 def test_a_holder_stuck_in_its_call_past_the_bound_does_not_keep_the_network_from_the_next_send(configure, engine):
