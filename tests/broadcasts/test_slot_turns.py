@@ -22,8 +22,8 @@ def test_the_next_send_waits_while_a_turn_waits_for_a_holder_elsewhere_then_give
     thread, taken = take_in_thread(turns, 0.2)
     time.sleep(0.5)
     assert taken == [], "passed over while the turn before it held nothing yet"
+    held_from = time.monotonic()  # before: the bound counts from the holding() below
     turns.holding(head)
-    held_from = time.monotonic()
     thread.join(5)
     assert taken and taken[0].passed_over is not None  # it held its turn past the bound: stuck
     assert time.monotonic() - held_from >= 0.2
