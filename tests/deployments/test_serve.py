@@ -69,7 +69,8 @@ def test_two_serve_processes_send_each_event_to_each_provider_exactly_once(envir
         runs = [start_run(e) for e in events]
         states = wait_for_runs(runs, 180)
     assert Counter(states.values()) == Counter({"COMPLETED": 20})
-    calls = Counter(c["payload"]["identifier"] for c in sim.invocations())
+    invocations = sim.invocations()
+    calls = Counter(c["payload"]["identifier"] for c in invocations)
     identifiers = {e: statuses(engine, e) for e in events}
     for event_id, found in identifiers.items():
         assert {p: s.status for p, s in found.items()} == dict.fromkeys(["ee", "three", "o2", "vodafone"], "returned-ack")
@@ -77,5 +78,6 @@ def test_two_serve_processes_send_each_event_to_each_provider_exactly_once(envir
             recorded = 1 + sum(len((row.detail or {}).get("failed_routes") or []) for row in status.history)
             assert calls[str(status.identifier)] == recorded, (
                 f"{provider} of {event_id} was called {calls[str(status.identifier)]} times; its record "
-                f"accounts for {recorded}: {[(row.status, row.detail) for row in status.history]}")
+                f"accounts for {recorded}: {[(row.status, row.detail) for row in status.history]}; the calls: "
+                f"{[(c['function'], c['payload'].get('cbc_target'), c['received_at'], c.get('responded_at'), c['outcome']) for c in invocations if c['payload']['identifier'] == str(status.identifier)]}")
     assert sum(calls.values()) == sum(calls[str(s.identifier)] for found in identifiers.values() for s in found.values())

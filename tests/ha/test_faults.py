@@ -149,7 +149,9 @@ class Burst:
         for key in identifier.values():
             oks = sorted((c for c in calls[key] if c["outcome"] == "ok"), key=lambda c: _time(c["responded_at"]))
             resent += len(oks) - 1
-            assert oks and (len(oks) == 1 or resent_allowed), f"{key} acknowledged {len(oks)} times by the network"
+            assert oks and (len(oks) == 1 or resent_allowed), (
+                f"{key} acknowledged {len(oks)} times by the network: "
+                f"{[(c['function'], c['payload'].get('cbc_target'), c['received_at'], c.get('responded_at'), c['outcome']) for c in calls[key]]}")
             acknowledged = _time(oks[0]["responded_at"])
             after = [c for c in calls[key] if _time(c["received_at"]) > acknowledged]
             assert resent_allowed or not after, f"{key} called again after its acknowledgement: {after}"
