@@ -29,6 +29,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from broadcasts.db import driver_url
 from deployments.trigger import post_event
@@ -67,7 +68,9 @@ class Burst:
 
     def __init__(self, ha: HAStack, broadcasts: int = BROADCASTS) -> None:
         self.ha = ha
-        self.engine = create_engine(driver_url(ha.app_database_url), pool_pre_ping=True)
+        # No pool: each test's Burst would otherwise keep its idle connections open for the rest of
+        # the module, and with the stack's own they ran PostgreSQL out of its 100 connections.
+        self.engine = create_engine(driver_url(ha.app_database_url), poolclass=NullPool)
         service = make_service(self.engine, providers=list(PROVIDERS))
         self.events: list[tuple[uuid.UUID, uuid.UUID]] = []  # (alert, update) per broadcast
         for _ in range(broadcasts):
