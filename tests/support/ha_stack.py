@@ -32,6 +32,7 @@ from pathlib import Path
 
 from deployments import server as prefect_server
 from tests.support.postgres import throwaway_postgres_database
+from tests.support.prefect_server import SMALL_POOL
 from tests.support.processes import (
     BROADCASTS, ROOT, Process, StackError, clean_environ, free_port, wait_for_http,
 )
@@ -98,6 +99,7 @@ class HAStack:
 
     def server_environment(self, **extra: str) -> dict[str, str]:
         return prefect_server.server_environment({
+            **SMALL_POOL,
             **clean_environ(),
             "PREFECT_HOME": str(self.directory / "prefect-home"),
             "PREFECT_SERVER_DATABASE_CONNECTION_URL":

@@ -14,6 +14,10 @@ from pathlib import Path
 from tests.support.processes import Process, free_port, wait_for_http
 
 HEALTHY_WITHIN_SECONDS = 90
+# Two test workers share PostgreSQL's 100 connections with every server, dispatcher and webhook
+# they start (the HA stack alone runs three Prefect servers): Prefect's default pool (5, and 10
+# more under load) per server ran it out of connections. A test server needs few.
+SMALL_POOL = {"PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "2", "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": "6"}
 
 
 class PrefectServer:
@@ -23,7 +27,7 @@ class PrefectServer:
         self.home = home
         self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}/api"
-        self.env = {**environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        self.env = {**SMALL_POOL, **environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         self.env.pop("PREFECT_API_URL", None)
         if database_url:
             self.env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url.replace(
