@@ -7,23 +7,28 @@ from __future__ import annotations
 import fcntl
 import os
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from broadcasts.providers import PROVIDERS
 from broadcasts.provider_db_slot import LOCK_CLASS, lock_key
 from broadcasts.provider_file_slot import slot_directory
 
-_HELD = text(
-    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
+_HOLDERS = text(
+    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
     "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
     "AND classid = CAST(:c AS oid) AND objid = CAST(:o AS oid)"
 )
 
 
+def slot_holders(connection: Connection, provider: str) -> list[int]:
+    """The backends holding the provider's slot in this connection's PostgreSQL database."""
+    return list(connection.execute(_HOLDERS, {"c": LOCK_CLASS, "o": lock_key(provider)}).scalars())
+
+
 def held_slots(engine: Engine) -> list[str]:
     if engine.dialect.name == "postgresql":
         with engine.connect() as connection:
-            return [p for p in PROVIDERS if connection.execute(_HELD, {"c": LOCK_CLASS, "o": lock_key(p)}).scalar_one()]
+            return [p for p in PROVIDERS if slot_holders(connection, p)]
     directory = slot_directory(str(engine.url.database))
     return [p for p in PROVIDERS if (directory / f"{p}.lock").exists() and _file_held(str(directory / f"{p}.lock"))]
 

@@ -20,13 +20,12 @@ from broadcasts import dispatch
 from broadcasts.cbc_proxy import get_proxy
 from broadcasts.models import utcnow
 from broadcasts.settings import get_settings
-from broadcasts.provider_db_slot import LOCK_CLASS, lock_key
 from tasks.provider_limits import SLOT_STUCK_EVENT, slot_for
 from tests.conftest import PROJECT_ROOT, backend
 from tests.factories import make_alert
 from tests.flows.helpers import in_thread, prefect_events, run_event, statuses
 from tests.support.polling import eventually
-from tests.support.slots import held_slots
+from tests.support.slots import held_slots, slot_holders
 
 postgresql_only = pytest.mark.skipif(backend() != "postgresql", reason="the advisory lock is PostgreSQL's")
 
@@ -276,7 +275,8 @@ def test_a_slot_whose_connection_is_killed_during_the_call_does_not_fail_the_sen
     def killed_mid_call():  # type: ignore[no-untyped-def]
         with slot_for(settings, "ee", 30) as note:
             with engine.connect() as admin:
-                holders = admin.execute(select(func.pg_terminate_backend(_holder_pid(admin)))).scalar()
+                [holder] = slot_holders(admin, "ee")  # in this test's database only
+                holders = admin.execute(select(func.pg_terminate_backend(holder))).scalar()
             assert holders
             yield note
 
@@ -286,14 +286,6 @@ def test_a_slot_whose_connection_is_killed_during_the_call_does_not_fail_the_sen
     begun = time.monotonic()
     send(engine, second)
     assert time.monotonic() - begun < 2
-
-
-def _holder_pid(connection) -> int:  # type: ignore[no-untyped-def]
-    from sqlalchemy import text
-
-    return connection.execute(text(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
-        "AND classid = CAST(:c AS oid) AND objid = CAST(:o AS oid)"), {"c": LOCK_CLASS, "o": lock_key("ee")}).scalar_one()
 
 
 @pytest.mark.usefixtures("prefect_server")
