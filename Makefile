@@ -5,10 +5,10 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 # Most tests wait (retry delays, heartbeats, a server starting): test files run on WORKERS
-# processes at once, each with its own databases, Prefect server and simulator. Three exhausted
-# PostgreSQL's 100 connections (the HA stack alone runs seven Prefect and app clients).
-WORKERS ?= 2
-PARALLEL := -n $(WORKERS) --dist loadfile
+# processes at once, each with its own databases, Prefect server and simulator, the longest
+# modules first (`long` in tests/conftest.py). Three peaked at 66 of PostgreSQL's 100 connections.
+WORKERS ?= 3
+PARALLEL := -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: install demo demo-ui ha-demo test test-sqlite test-postgresql test-ha bench clean
 

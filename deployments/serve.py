@@ -8,14 +8,22 @@ process.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
+import httpx
+
 from broadcasts.settings import Settings
 from deployments.prefect_api import client_settings
+
+logger = logging.getLogger(__name__)
+RUNNER_RETRY_WAITS = (1, 2, 5, 10, 30)
 
 
 def describe(settings: Settings) -> list[str]:
@@ -79,31 +87,58 @@ def serve_all(on_ready: Callable[[list[str]], object] = lambda served: None, lim
     run). `on_ready` gets the deployment names once they are registered and the dispatcher
     listens, before the Runner's first poll. On a signal the Runner stops first, then the
     dispatcher drains the alert runs it started."""
-    import asyncio
     import signal
 
-    from prefect.exceptions import TerminationSignal
     from prefect.runner import Runner
 
     from deployments.dispatcher import dispatching
     from deployments.definitions import deployments, is_alert, register_alert_deployments
 
-    with client_settings():
-        runner = Runner(limit=limit)
-        served = []
-        if dispatcher:
-            register_alert_deployments()  # for the webhook, the trigger and the UI
+    def runner() -> Runner:
+        made = Runner(limit=limit)
         for deployment in deployments():
             if not (dispatcher and is_alert(deployment)):
-                runner.add_deployment(deployment)  # registers it with the server now
-            served.append(f"{deployment.flow_name}/{deployment.name}")
+                made.add_deployment(deployment)  # registers it with the server now
+        return made
+
+    with client_settings():
+        if dispatcher:
+            register_alert_deployments()  # for the webhook, the trigger and the UI
+        first = runner()
+        served = [f"{deployment.flow_name}/{deployment.name}" for deployment in deployments()]
         with dispatching() if dispatcher else nullcontext():
             on_ready(served)
-            try:
-                asyncio.run(runner.start())
-            except (KeyboardInterrupt, TerminationSignal):
-                pass
+            run_runner(first, runner)
             # The dispatcher now drains, which lasts as long as a run retrying a failing network:
             # a second signal ends the process at once (its runs are recovered as after a crash).
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def run_runner(first: Any, make: Callable[[], Any], waits: Sequence[float] = RUNNER_RETRY_WAITS) -> None:
+    """Runs the Runner until a signal. One that fails to start (its events socket refused while
+    an API replica restarts, say) is made again after a wait, the last wait repeating, while the
+    dispatcher goes on serving alerts: a serve process must not end for a blip at its start."""
+    import asyncio
+
+    from prefect.exceptions import TerminationSignal
+
+    runner = first
+    for attempt in itertools.count():
+        try:
+            runner = runner or make()  # registers the deployments again
+            asyncio.run(runner.start())
+            return
+        except (KeyboardInterrupt, TerminationSignal):
+            return
+        except (RuntimeError, httpx.HTTPError) as error:
+            if isinstance(error, RuntimeError) and not str(error).startswith("Runner failed to start"):
+                raise
+            wait = waits[min(attempt, len(waits) - 1)]
+            logger.warning("%s; the Runner (schedules, link tests, resume) starts again in %g s, the "
+                           "dispatcher serving alerts meanwhile", error, wait)
+        runner = None
+        try:
+            time.sleep(wait)  # a signal here ends it: SIGINT raises, the unstarted Runner's SIGTERM handler exits
+        except (KeyboardInterrupt, SystemExit):
+            return

@@ -68,6 +68,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The longest modules first (`long(seconds)`): started last, one of them alone would keep the
+    # run going long after the other workers are done (the Makefile turns off pytest-xdist's own
+    # reordering, which puts the modules with the most tests first).
+    items.sort(key=lambda item: -(marker.args[0] if (marker := item.get_closest_marker("long")) else 0))
     if backend() != "sqlite":
         return
     kept, left = [], []

@@ -21,8 +21,8 @@ from tests.conftest import PROJECT_ROOT, backend
 
 BROADCASTS = str(Path(sys.executable).with_name("broadcasts"))
 # The temporary server is the embedded default's; each test starts one (about a minute apiece).
-pytestmark = pytest.mark.skipif(backend() != "sqlite", reason="the embedded default (no PREFECT_API_URL): "
-                                "these run in the SQLite pass of `make test`")
+pytestmark = [pytest.mark.skipif(backend() != "sqlite", reason="the embedded default (no PREFECT_API_URL): "
+                                 "these run in the SQLite pass of `make test`"), pytest.mark.long(75)]
 POLYGON = "51.5,-0.1 51.6,-0.1 51.6,0.0"
 STARTED = re.compile(r"Starting temporary server on http://127\.0\.0\.1:(\d+)")
 

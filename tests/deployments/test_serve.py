@@ -19,7 +19,7 @@ from tests.factories import make_alert
 from tests.flows.helpers import statuses
 from tests.support.processes import free_port
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.long(70)]
 
 
 def test_serve_says_what_it_uses_serves_the_deployments_and_stops_on_sigterm(environment, engine, sim):

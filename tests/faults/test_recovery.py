@@ -52,7 +52,7 @@ from tests.flows.helpers import prefect_events, statuses
 from tests.support.polling import eventually, wait_until
 
 pytestmark = [
-    pytest.mark.faults, pytest.mark.prefect, pytest.mark.simulator,
+    pytest.mark.faults, pytest.mark.prefect, pytest.mark.simulator, pytest.mark.long(165),
     pytest.mark.skipif(backend() != "postgresql", reason="a Prefect server of its own on PostgreSQL: this "
                        "test runs in the PostgreSQL pass of `make test`"),
     pytest.mark.timeout(480),  # a server and two `serve` starts, and a dead run's 90 s of silence

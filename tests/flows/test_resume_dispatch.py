@@ -39,7 +39,7 @@ from tests.deployments.serving import serving, start_run, wait_for_runs
 from tests.factories import make_alert, make_event, make_message, make_service
 from tests.flows.helpers import in_thread, statuses
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.long(75)]
 
 PROVIDERS = ["ee", "three", "o2", "vodafone"]
 LIVE_STATE_TYPES = {"SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"}

@@ -43,7 +43,7 @@ from tests.support.ha_stack import DISPATCHERS, REPLICAS, HAStack
 from tests.support.polling import wait_until
 
 pytestmark = [
-    pytest.mark.ha, pytest.mark.faults,
+    pytest.mark.ha, pytest.mark.faults, pytest.mark.long(330),
     pytest.mark.skipif(os.environ.get("TEST_DATABASE", "sqlite") != "postgresql",
                        reason="the HA stack keeps Prefect on PostgreSQL: it runs in the PostgreSQL pass"),
     pytest.mark.timeout(600),  # a dead dispatcher's runs wait 90 s of heartbeat silence, then resume

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from broadcasts.db import driver_url
 
@@ -24,7 +25,8 @@ def throwaway_postgres_database(prefix: str, server_url: str | None = None) -> I
     """A fresh database on `server_url` (default: the test PostgreSQL server), dropped afterwards;
     yields its URL. The benchmarks use it too."""
     server_url = server_url or postgres_server_url()
-    admin = create_engine(driver_url(server_url), isolation_level="AUTOCOMMIT")
+    # No pool: an idle admin connection per live database adds up under two workers.
+    admin = create_engine(driver_url(server_url), isolation_level="AUTOCOMMIT", poolclass=NullPool)
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
