@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     resume_grace_seconds: float = Field(default=30.0, gt=0)
     # How often expire-broadcasts completes the broadcasts past their finish time (docs/behaviour.md §7).
     expiry_interval_seconds: float = Field(default=60.0, gt=0)
+    # How many of its heartbeats a run may miss before it is marked Crashed and resumed: one late
+    # heartbeat is a busy machine, so at least two (docs/behaviour.md §7).
+    crashed_after_missed_heartbeats: int = Field(default=3, ge=2)
 
     @field_validator("enabled_cbcs", "cbc_b_providers", mode="before")
     @classmethod

@@ -3,7 +3,7 @@ process died, and the operator alerts.
 
 - A SIGKILLed worker leaves its flow run Running for ever. Runs send a heartbeat every
   PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds (30 in the production settings); a run of ours that
-  misses `MISSED_HEARTBEATS` of them is marked Crashed, so resume-dispatch can take it over.
+  misses CRASHED_AFTER_MISSED_HEARTBEATS of them (3) is marked Crashed, so resume-dispatch can take it over.
 - With ALERT_NOTIFICATION_BLOCK set (`<block type slug>/<block name>`, e.g.
   `slack-webhook/on-call`), each alert sends a notification through that block naming what
   happened and what to do: a send run that ended Failed or Crashed, a send run claimed (Pending)
@@ -35,7 +35,6 @@ from tasks.provider_limits import SLOT_STUCK_EVENT
 from tasks.send_to_provider import PROVIDER_BLOCKED_EVENT, PROVIDER_WAITING_EVENT
 
 PREFIX = "broadcasts: "
-MISSED_HEARTBEATS = 3  # one late heartbeat is a busy machine; three is a dead process
 SEND_FLOWS = [SEND_EVENT_FLOW, SEND_PROVIDER_FLOW]
 # After Pending, any of these means the run started or ended: Retrying and Rerunning are Running
 # states of a run started again; Cancelling is an operator's choice, not a lost run.
@@ -57,8 +56,8 @@ def _flows(flow_names: list[str]) -> dict[str, object]:
     return {"prefect.resource.role": "flow", "prefect.resource.name": flow_names}
 
 
-def zombie_runs(heartbeat_seconds: float) -> AutomationCore:
-    silence = MISSED_HEARTBEATS * heartbeat_seconds
+def zombie_runs(heartbeat_seconds: float, missed_heartbeats: int) -> AutomationCore:
+    silence = missed_heartbeats * heartbeat_seconds
     return AutomationCore(
         name=PREFIX + "mark runs without heartbeats crashed",
         description="A run whose process died stops sending heartbeats; marking it Crashed lets "

@@ -30,13 +30,14 @@ class Step:
         return f"{'note' if self.created is None else 'created' if self.created else 'found'}: {self.what}"
 
 
-def bootstrap(notification_block: str | None = None) -> list[Step]:
-    """Creates whatever is missing against the configured Prefect API; returns what it did."""
+def bootstrap(notification_block: str | None = None, missed_heartbeats: int = 3) -> list[Step]:
+    """Creates whatever is missing against the configured Prefect API; returns what it did.
+    `missed_heartbeats`: CRASHED_AFTER_MISSED_HEARTBEATS, the zombie-run automation's threshold."""
     with get_client(sync_client=True) as client:
         steps = [
             _work_pool(client),
             *(_queue(client, queue, priority) for queue, priority in names.QUEUE_PRIORITIES.items()),
-            _automation(client, automations.zombie_runs(_heartbeat_seconds())),
+            _automation(client, automations.zombie_runs(_heartbeat_seconds(), missed_heartbeats)),
         ]
         if notification_block is None:
             steps.append(Step("operator alerts are off: set ALERT_NOTIFICATION_BLOCK to a notification "

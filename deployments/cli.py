@@ -217,7 +217,7 @@ def bootstrap_command() -> None:
     require_api()
     config = settings()
     with client_settings(), prefect_errors():  # the heartbeat the zombie-run automation expects
-        for step in bootstrap(config.alert_notification_block):
+        for step in bootstrap(config.alert_notification_block, config.crashed_after_missed_heartbeats):
             typer.echo(str(step))
 
 

@@ -68,7 +68,7 @@ def run(settings: Settings, *, webhook: tuple[str, int] | None, dispatcher: bool
         for line in describe(settings):
             echo(line)
         echo("client settings: " + ", ".join(f"{k}={v}" for k, v in chosen.items()))
-        for step in bootstrap(settings.alert_notification_block):
+        for step in bootstrap(settings.alert_notification_block, settings.crashed_after_missed_heartbeats):
             echo(str(step))
         ready = lambda served: echo("serving: " + ", ".join(served))  # noqa: E731
         if webhook is None:

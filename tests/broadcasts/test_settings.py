@@ -46,6 +46,7 @@ def test_other_defaults():
     assert settings.cbc_proxy_endpoint_url is None
     assert settings.cbc_proxy_function_prefix == ""
     assert settings.broadcast_retry_delay_scale == 1.0
+    assert settings.crashed_after_missed_heartbeats == 3
 
 
 def test_read_timeout_is_longer_than_connect_timeout_by_default():
@@ -118,6 +119,7 @@ def test_webhook_secret_is_kept_secret_when_printed(monkeypatch: pytest.MonkeyPa
         ("CBC_PROXY_ENABLED", "maybe"),
         ("CBC_PROXY_CONNECT_TIMEOUT", "0"),
         ("BROADCAST_HEADLINE", ""),
+        ("CRASHED_AFTER_MISSED_HEARTBEATS", "1"),
     ],
 )
 def test_an_invalid_variable_raises_and_the_description_names_it(monkeypatch: pytest.MonkeyPatch, variable, value):

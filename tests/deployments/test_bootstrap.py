@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tarfile
+from datetime import timedelta
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -48,11 +49,17 @@ def test_bootstrap_puts_back_a_queue_priority_someone_changed():
 
 
 def test_an_automation_read_back_is_unchanged_whatever_the_order_of_its_sets():
-    wanted = automations.zombie_runs(30)
+    wanted = automations.zombie_runs(30, 3)
     read_back = AutomationCore.model_validate(json.loads(json.dumps(wanted.model_dump(mode="json"))))
     read_back.trigger.expect = set(reversed(sorted(read_back.trigger.expect)))  # another insertion order
     assert automations.unchanged(read_back, wanted)
-    assert not automations.unchanged(read_back, automations.zombie_runs(60))
+    assert not automations.unchanged(read_back, automations.zombie_runs(60, 3))
+
+
+def test_the_zombie_run_silence_is_the_missed_heartbeats_times_the_interval():
+    automation = automations.zombie_runs(30, 2)
+    assert automation.trigger.within == timedelta(seconds=60)
+    assert automation.actions[0].message == "no heartbeat for 60 s: its process died"
 
 
 def test_prefect_deploy_all_succeeds_from_a_clean_checkout(tmp_path):

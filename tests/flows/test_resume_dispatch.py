@@ -40,6 +40,8 @@ from tests.factories import make_alert, make_event, make_message, make_service
 from tests.flows.helpers import in_thread, statuses
 
 pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.long(75)]
+# Long enough for a resume run to start and end within it on a loaded machine (1 s was not).
+GRACE_SECONDS = 4.0
 
 PROVIDERS = ["ee", "three", "o2", "vodafone"]
 LIVE_STATE_TYPES = {"SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"}
@@ -155,15 +157,16 @@ def resume_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 @pytest.mark.sqlite
 def test_an_event_never_announced_is_dispatched_by_one_run_after_the_grace_period(db, configure, deployed, sim, caplog):
-    configure(RESUME_GRACE_SECONDS="1")
+    configure(RESUME_GRACE_SECONDS=str(GRACE_SECONDS))
     _, _, event_id = make_alert(db)
     written = utcnow()
     with caplog.at_level(logging.INFO):
         state = run_resume()  # inside the grace period: its trigger may still be on its way
+        assert (utcnow() - written).total_seconds() < GRACE_SECONDS, "the first resume ended after the grace period"
         assert state.is_completed() and runs_for(event_id) == []
         assert state.message == "resumed 0 events"
 
-        time.sleep(max(0.0, 1.1 - (utcnow() - written).total_seconds()))
+        time.sleep(max(0.0, GRACE_SECONDS + 0.1 - (utcnow() - written).total_seconds()))
         with serving():
             state = run_resume()
             [run] = runs_for(event_id)

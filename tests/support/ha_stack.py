@@ -67,6 +67,7 @@ class HAStack:
     # Each resume run is a fresh process under `serve` (about 5 s of CPU to import Prefect here);
     # every 10 s, that starved the rest of the stack on a 2-core machine.
     resume_interval_seconds: float = 20
+    missed_heartbeats: int = 3  # CRASHED_AFTER_MISSED_HEARTBEATS
     processes: dict[str, Process] = field(default_factory=dict)
     _specs: dict[str, _Spec] = field(default_factory=dict)
 
@@ -92,6 +93,7 @@ class HAStack:
             "PREFECT_HOME": str(self.directory / "prefect-home"),
             "WEBHOOK_SECRET": self.webhook_secret,
             "RESUME_INTERVAL_SECONDS": str(self.resume_interval_seconds),
+            "CRASHED_AFTER_MISSED_HEARTBEATS": str(self.missed_heartbeats),
             # expire-broadcasts hourly, not every minute: each run is a process of its own, load
             # on a small machine that this suite (alerts through failing replicas) does not test.
             "EXPIRY_INTERVAL_SECONDS": "3600",
@@ -160,9 +162,10 @@ def redis_argv(port: int) -> list[str]:
 
 
 @contextmanager
-def running_ha_stack(ui: bool = False, directory: Path | None = None) -> Iterator[HAStack]:
+def running_ha_stack(ui: bool = False, directory: Path | None = None, missed_heartbeats: int = 3) -> Iterator[HAStack]:
     """Every part of the topology started, in the order the README gives; all stopped at the end.
-    Logs go to `directory` (emptied first), or to a temporary one."""
+    Logs go to `directory` (emptied first), or to a temporary one. `missed_heartbeats`: how many
+    a run may miss before it is marked Crashed (production's 3 unless a test wants it sooner)."""
     with ExitStack() as stack:
         if directory is None:
             directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="broadcasts-ha-")))
@@ -171,7 +174,7 @@ def running_ha_stack(ui: bool = False, directory: Path | None = None) -> Iterato
             directory.mkdir(parents=True)
         app_url = stack.enter_context(throwaway_postgres_database("broadcasts_ha", POSTGRES_URL))
         prefect_url = stack.enter_context(throwaway_postgres_database("prefect_ha", POSTGRES_URL))
-        ha = HAStack(directory, app_url, prefect_url)
+        ha = HAStack(directory, app_url, prefect_url, missed_heartbeats=missed_heartbeats)
         (directory / "prefect-home").mkdir()
 
         ha._launch(stack, "redis", _Spec(redis_argv(ha.redis_port), clean_environ(),

@@ -31,7 +31,7 @@ def free_port() -> int:
 
 def clean_environ() -> dict[str, str]:
     """This environment without any setting a stack chooses itself."""
-    own = ("PREFECT_", "DATABASE_URL", "CBC_", "ENABLED_CBCS", "BROADCAST_", "WEBHOOK_SECRET", "AWS_", "RESUME_")
+    own = ("PREFECT_", "DATABASE_URL", "CBC_", "ENABLED_CBCS", "BROADCAST_", "WEBHOOK_SECRET", "AWS_", "RESUME_", "CRASHED_")
     return {k: v for k, v in os.environ.items() if not k.startswith(own)}
 
 
