@@ -8,7 +8,9 @@ TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 # processes at once, each with its own databases, Prefect server and simulator, the longest
 # modules first (`long` in tests/conftest.py). Three peaked at 66 of PostgreSQL's 100 connections.
 WORKERS ?= 3
-PARALLEL := -n $(WORKERS) --dist loadfile --no-loadscope-reorder
+# The SQLite pass is shorter and busier (few waits): a third worker only made it slower.
+SQLITE_WORKERS ?= 2
+PARALLEL := --dist loadfile --no-loadscope-reorder
 
 .PHONY: install demo demo-ui ha-demo test test-sqlite test-postgresql test-ha bench clean
 
@@ -32,10 +34,10 @@ ha-demo: install
 test: test-sqlite test-postgresql
 
 test-sqlite: install
-	TEST_DATABASE=sqlite $(PY) -m pytest $(PARALLEL) $(PYTEST_ARGS)
+	TEST_DATABASE=sqlite $(PY) -m pytest -n $(SQLITE_WORKERS) $(PARALLEL) $(PYTEST_ARGS)
 
 test-postgresql: install
-	TEST_DATABASE=postgresql TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest $(PARALLEL) $(PYTEST_ARGS)
+	TEST_DATABASE=postgresql TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest -n $(WORKERS) $(PARALLEL) $(PYTEST_ARGS)
 
 test-ha: install
 	TEST_DATABASE=postgresql TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest tests/ha -m ha -s $(PYTEST_ARGS)

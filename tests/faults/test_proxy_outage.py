@@ -21,9 +21,10 @@ pytestmark = [pytest.mark.faults, pytest.mark.prefect, pytest.mark.simulator, py
 
 PROVIDERS = ["ee", "three", "o2", "vodafone"]
 SCALE = 0.1
-# A retry is scheduled by Prefect and the attempt makes one failed primary call first; more than
-# this on top of the scheduled delay would be a wait the schedule does not explain.
-TOLERANCE_SECONDS = 0.75
+# More than this on top of the scheduled delay would be a wait the schedule does not explain, such
+# as the unscaled delays (1, 2, 4 s). Not a timing target (`make bench` measures retry fidelity): a
+# loaded machine adds up to about a second (1.28 s seen with three test workers).
+TOLERANCE_SECONDS = 2.0
 
 
 def _time(call: dict) -> datetime:
