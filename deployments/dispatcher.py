@@ -87,8 +87,20 @@ POLL_SECONDS = 1.0
 CLAIM_EVENTS = ["prefect.flow-run.Scheduled", "prefect.flow-run.AwaitingRetry"]
 # A run due within this long is started when due rather than left to the next poll.
 SOON = timedelta(seconds=POLL_SECONDS)
-# Persisting the flow's result is what makes the server refuse Completed -> Pending (see above).
-ALERT_FLOWS = {name: alert_flow.with_options(persist_result=True) for name, alert_flow in ALERT_DEPLOYMENTS.items()}
+
+
+def _unnamed(alert_flow: Any) -> Any:
+    """The flow as this process runs it: its result persisted, which makes the server refuse
+    Completed -> Pending (see above); and without its run-name template, with which the engine
+    renames every run just before it starts, one more API call on the way to the networks. Runs
+    come named from the webhook and resume-dispatch; others are renamed here, off that way."""
+    unnamed = alert_flow.with_options(persist_result=True)
+    unnamed.flow_run_name = None
+    return unnamed
+
+
+ALERT_FLOWS = {name: _unnamed(alert_flow) for name, alert_flow in ALERT_DEPLOYMENTS.items()}
+RUN_NAMES = {name: alert_flow.flow_run_name for name, alert_flow in ALERT_DEPLOYMENTS.items()}
 
 logger = get_logger("broadcasts.dispatcher")
 
@@ -145,6 +157,8 @@ class Dispatcher:
         self.max_held = max(max_held, self.max_runs)
         self.poll_seconds, self.start_seconds = poll_seconds, start_seconds
         self._flows: dict[uuid.UUID, Any] = {}
+        self._run_names: dict[uuid.UUID, str] = {}  # each deployment's run-name template
+        self._renamer: ThreadPoolExecutor | None = None
         self._rules = ClaimRules(self._flows, SOON)  # reads the deployments as start() finds them
         self._stopping = threading.Event()
         self._held: dict[uuid.UUID, _Held] = {}  # runs being read, claimed or run here
@@ -160,8 +174,9 @@ class Dispatcher:
         with get_client(sync_client=True) as client:
             for name, alert_flow in ALERT_FLOWS.items():
                 try:
-                    self._flows[client.read_deployment_by_name(name).id] = alert_flow.with_options(
-                        result_storage=storage)
+                    deployment_id = client.read_deployment_by_name(name).id
+                    self._flows[deployment_id] = alert_flow.with_options(result_storage=storage)
+                    self._run_names[deployment_id] = RUN_NAMES[name]
                 except ObjectNotFound:
                     raise ObjectNotFound(http_exc=None, help_message=(
                         f"the deployment {name} is not registered: run `broadcasts serve` once, or "
@@ -176,6 +191,8 @@ class Dispatcher:
                     logger.warning("the warm-up run failed (see its logs); dispatching without it")
             self._pool = ThreadPoolExecutor(self.max_held, thread_name_prefix="alert-run",
                                             initializer=self._prepare_worker, initargs=(contextvars.copy_context(),))
+            self._renamer = ThreadPoolExecutor(1, thread_name_prefix="run-names", initializer=self._prepare_worker,
+                                               initargs=(contextvars.copy_context(),))
             for target in (self._listen, self._poll):
                 thread = threading.Thread(target=contextvars.copy_context().run, args=(target,),
                                           name=f"dispatcher{target.__name__}", daemon=True)
@@ -194,6 +211,8 @@ class Dispatcher:
                 pass
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._renamer is not None:
+            self._renamer.shutdown(wait=True)
         for thread in self._threads:
             thread.join(10)
         for client in self._clients:
@@ -236,8 +255,9 @@ class Dispatcher:
         try:
             run = self._claim(get_client(sync_client=True), run_id)  # this thread's client
             if run is not None:
+                self._name(run)
                 try:
-                    run_flow(self._flows[run.deployment_id], flow_run=run, parameters=run.parameters,
+                    run_flow(self._flows[run.deployment_id], flow_run=_unwatched(run), parameters=run.parameters,
                              return_type="state")
                 finally:  # also when a cancel before the start made the engine abort
                     _finish_if_cancelled(get_client(sync_client=True), run)
@@ -248,6 +268,17 @@ class Dispatcher:
                 held = self._held.pop(run_id, None)
             if held is not None and held.offered_again:
                 self.offer(run_id)
+
+    def _name(self, run: FlowRun) -> None:
+        """Gives a run the name the engine would have (`send-broadcast-event-<id>`), in the
+        background: a run made by the UI or the event trigger comes with a random one."""
+        try:
+            wanted = self._run_names[run.deployment_id].format(**run.parameters)
+        except (KeyError, IndexError):  # a parameter the template names is missing: left as it is
+            return
+        if run.name != wanted and self._renamer is not None:
+            run.name = wanted
+            self._renamer.submit(_rename, run.id, wanted)
 
     def _claim(self, client: SyncPrefectClient, run_id: uuid.UUID) -> FlowRun | None:
         """The run, now Pending and ours; or None if the rules (tasks/claim.py) say leave it."""
@@ -310,6 +341,22 @@ def _result_storage() -> Any:
     if getattr(storage, "_block_document_id", None) is not None:  # a saved block: the server's default
         return storage
     return Path(storage.basepath)  # Prefect's local default (a flow takes only saved blocks or a path)
+
+
+def _unwatched(run: FlowRun) -> FlowRun:
+    """The run as handed to the engine: without its deployment, the engine does not watch it for
+    an outside suspension before it starts (a thread, an API client and an events socket of its
+    own per run, waited for: about 45 ms of every alert's way to the networks, measured). An
+    alert run is never suspended; Cancel is how an operator stops one. The engine reads the run
+    back, deployment and all, once it is Running, before the flow's first line."""
+    return run.model_copy(update={"deployment_id": None})
+
+
+def _rename(run_id: uuid.UUID, name: str) -> None:
+    try:
+        get_client(sync_client=True).set_flow_run_name(run_id, name)  # this thread's client
+    except Exception as error:  # only the name shown in the UI is left as it was
+        logger.warning("flow run %s: renaming it %s failed: %s", run_id, name, error)
 
 
 def _finish_if_cancelled(client: SyncPrefectClient, run: FlowRun) -> None:

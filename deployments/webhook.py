@@ -52,7 +52,7 @@ from broadcasts import dao
 from broadcasts.db import get_engine
 from broadcasts.errors import UnknownEvent
 from broadcasts.settings import Settings, get_settings
-from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT, idempotency_key
+from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT, idempotency_key, run_name
 from deployments.signing import BadSignature, SecretNotSet, check_signature, secret_key
 from deployments.trigger import EVENTS_PATH
 
@@ -219,7 +219,8 @@ async def create_run(event_id: uuid.UUID) -> uuid.UUID:
             deployment = await client.read_deployment_by_name(SEND_EVENT_DEPLOYMENT)
         try:
             run = await client.create_flow_run_from_deployment(
-                deployment.id, parameters={"broadcast_event_id": str(event_id)}, idempotency_key=key)
+                deployment.id, parameters={"broadcast_event_id": str(event_id)}, idempotency_key=key,
+                name=run_name(event_id))
             return run.id
         except (httpx.HTTPStatusError, httpx.TransportError) as error:
             if isinstance(error, httpx.HTTPStatusError) and not transient_status(error.response.status_code):

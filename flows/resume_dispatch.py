@@ -53,7 +53,7 @@ from broadcasts.models import utcnow
 from broadcasts.resume import Unfinished, events_to_dispatch
 from broadcasts.settings import Settings, get_settings
 from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT
-from flows.send_broadcast_event import idempotency_key
+from flows.send_broadcast_event import idempotency_key, run_name
 from flows.send_provider_message import DEPLOYMENT_NAME as SEND_PROVIDER_DEPLOYMENT
 from tasks.claim import propose_pending
 from tasks.run_queries import deployment_id, latest_send_runs, live_runs, state_name
@@ -118,7 +118,8 @@ def resume_dispatch() -> State:
             previous = latest.get(event.event_id)  # a run just Crashed is the latest: a new key
             key = idempotency_key(event.event_id) if previous is None else resume_key(event.event_id, previous.id)
             run = client.create_flow_run_from_deployment(
-                send_event, parameters={"broadcast_event_id": str(event.event_id)}, idempotency_key=key)
+                send_event, parameters={"broadcast_event_id": str(event.event_id)}, idempotency_key=key,
+                name=run_name(event.event_id))
             logger.info("resuming event %s: %s; %s → run %s",
                         event.event_id, event.reason, history(previous, crashed), run.id)
             count += 1

@@ -15,6 +15,7 @@ from tasks.send_to_provider import planned_for
 
 FLOW_NAME = "send-broadcast-event"
 DEPLOYMENT_NAME = f"{FLOW_NAME}/{FLOW_NAME}"  # the one deployment, named after its flow
+RUN_NAME = f"{FLOW_NAME}-{{broadcast_event_id}}"
 
 
 def idempotency_key(event_id: object) -> str:
@@ -23,7 +24,12 @@ def idempotency_key(event_id: object) -> str:
     return f"{FLOW_NAME}:{event_id}"
 
 
-@flow(name=FLOW_NAME, flow_run_name="send-broadcast-event-{broadcast_event_id}")
+def run_name(event_id: object) -> str:
+    """What its runs are called; the webhook and resume-dispatch name a run so when creating it."""
+    return RUN_NAME.format(broadcast_event_id=event_id)
+
+
+@flow(name=FLOW_NAME, flow_run_name=RUN_NAME)
 def send_broadcast_event(broadcast_event_id: str, replay_failed: bool = False) -> State:
     """`replay_failed`: an operator's explicit re-send (`broadcasts send-event`, or a Custom run
     that sets it), which sends technical-failure providers again. Every other run (the webhook,

@@ -21,7 +21,7 @@ from prefect.client.schemas.responses import SetStateStatus
 from prefect.states import AwaitingRetry, Pending, Scheduled
 
 from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT
-from deployments.dispatcher import dispatching
+from deployments.dispatcher import ALERT_FLOWS, RUN_NAMES, dispatching
 from deployments.definitions import register_alert_deployments
 from tests.conftest import PROJECT_ROOT, backend
 from tests.deployments.serving import BROADCASTS, start_run, wait_for_runs
@@ -195,3 +195,12 @@ def test_the_dispatcher_command_runs_alerts_and_drains_on_sigterm(environment, e
             process.wait(10)
     assert states_of([run_id]) == {run_id: "COMPLETED"}
     assert_each_provider_called_once(engine, sim, [event_id])
+
+
+def test_the_dispatcher_runs_the_alert_flows_without_a_run_name_template_and_names_a_run_made_without_one():
+    """The engine renames a run with its flow's template just before it starts: an API call on
+    the way to the networks, which the dispatcher leaves out (its runs come named, or it names
+    them in the background: the test above starts its run without a name)."""
+    assert all(alert_flow.flow_run_name is None for alert_flow in ALERT_FLOWS.values())
+    assert RUN_NAMES == {SEND_EVENT_DEPLOYMENT: "send-broadcast-event-{broadcast_event_id}",
+                         "send-provider-message/send-provider-message": "send-provider-message-{provider}-{broadcast_event_id}"}

@@ -115,6 +115,7 @@ def test_a_signed_call_for_a_known_event_creates_one_scheduled_run_and_answers_2
         assert run.deployment_id == client.read_deployment_by_name(SEND_EVENT_DEPLOYMENT).id
     assert run.parameters == {"broadcast_event_id": str(event_id)}
     assert run.idempotency_key == idempotency_key(event_id)
+    assert run.name == f"send-broadcast-event-{event_id}"  # named as it is created, not when it starts
     assert run.state.is_scheduled()
 
 

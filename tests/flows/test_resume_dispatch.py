@@ -224,6 +224,7 @@ def test_two_resumers_at_once_create_one_run(db, deployed, caplog):
     assert str(first.id) == crashed
     assert resumed.idempotency_key == f"{idempotency_key(event_id)}:resume:{crashed}"
     assert resumed.parameters == {"broadcast_event_id": str(event_id)}
+    assert resumed.name == f"send-broadcast-event-{event_id}"
     lines = resume_lines(caplog)  # each resumer either got that run or saw it live
     assert lines and all(line.endswith(f"run {resumed.id}") or f"run {resumed.id} is Scheduled" in line
                          for line in lines), lines
