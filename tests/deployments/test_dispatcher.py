@@ -29,7 +29,7 @@ from tests.factories import make_alert
 from tests.flows.helpers import calls_for, prefect_events, statuses
 from tests.support.polling import eventually
 
-pytestmark = pytest.mark.usefixtures("prefect_server", "alert_deployments")
+pytestmark = [pytest.mark.usefixtures("prefect_server", "alert_deployments"), pytest.mark.long(35)]
 PROVIDERS = ["ee", "three", "o2", "vodafone"]
 
 

@@ -24,7 +24,7 @@ from tests.factories import make_event, make_message, make_service
 from flows.send_broadcast_event import send_broadcast_event
 from tests.flows.helpers import run_event
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.long(45)]
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from tests.support.prefect_server import PrefectServer, running
 from tests.support.processes import free_port
 
 # Nothing here reads or writes the app database: the SQLite pass leaves it to the PostgreSQL pass.
-pytestmark = pytest.mark.prefect
+pytestmark = [pytest.mark.prefect, pytest.mark.long(30)]
 
 BROADCASTS = str(Path(sys.executable).with_name("broadcasts"))
 

@@ -40,7 +40,7 @@ from tests.support.asgi import serving_app
 from tests.support.prefect_server import PrefectServer, running
 from tests.support.processes import free_port
 
-pytestmark = [pytest.mark.prefect, pytest.mark.postgres]
+pytestmark = [pytest.mark.prefect, pytest.mark.postgres, pytest.mark.long(50)]
 
 SECRET = "webhook-retries-secret-0123456789abcdef"
 ROUNDS = 5  # a lost post comes now and then on an idle machine, more often under load: make it likely

@@ -22,7 +22,7 @@ from tests.flows.helpers import provider_message_count, statuses
 from tests.support.processes import free_port
 
 pytestmark = [
-    pytest.mark.faults, pytest.mark.prefect, pytest.mark.simulator,
+    pytest.mark.faults, pytest.mark.prefect, pytest.mark.simulator, pytest.mark.long(20),
     pytest.mark.sqlite,  # concurrent webhook reads, then two runs' sends of one event, on the SQLite locks
 ]
 

@@ -26,7 +26,7 @@ from tests.flows.helpers import (
 )
 from tests.support.polling import eventually
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.long(45)]
 SCALE = 0.1
 
 

@@ -27,6 +27,7 @@ from tests.flows.helpers import in_thread, prefect_events, run_event, statuses
 from tests.support.polling import eventually
 from tests.support.slots import held_slots, slot_holders
 
+pytestmark = pytest.mark.long(50)
 postgresql_only = pytest.mark.skipif(backend() != "postgresql", reason="the advisory lock is PostgreSQL's")
 
 
