@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from broadcasts.providers import PROVIDERS
 
 DEFAULT_ENABLED_CBCS = ("ee", "three", "o2", "vodafone")
+# CRASHED_AFTER_MISSED_HEARTBEATS: one late heartbeat is a busy machine; three is a dead process.
+DEFAULT_MISSED_HEARTBEATS = 3
 
 
 def default_database_url() -> str:
@@ -56,7 +58,7 @@ class Settings(BaseSettings):
     expiry_interval_seconds: float = Field(default=60.0, gt=0)
     # How many of its heartbeats a run may miss before it is marked Crashed and resumed: one late
     # heartbeat is a busy machine, so at least two (docs/behaviour.md §7).
-    crashed_after_missed_heartbeats: int = Field(default=3, ge=2)
+    crashed_after_missed_heartbeats: int = Field(default=DEFAULT_MISSED_HEARTBEATS, ge=2)
 
     @field_validator("enabled_cbcs", "cbc_b_providers", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ from prefect.events.schemas.automations import AutomationCore
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.workers.process import ProcessWorker
 
+from broadcasts.settings import DEFAULT_MISSED_HEARTBEATS
 from deployments import automations, names
 
 
@@ -30,7 +31,7 @@ class Step:
         return f"{'note' if self.created is None else 'created' if self.created else 'found'}: {self.what}"
 
 
-def bootstrap(notification_block: str | None = None, missed_heartbeats: int = 3) -> list[Step]:
+def bootstrap(notification_block: str | None = None, missed_heartbeats: int = DEFAULT_MISSED_HEARTBEATS) -> list[Step]:
     """Creates whatever is missing against the configured Prefect API; returns what it did.
     `missed_heartbeats`: CRASHED_AFTER_MISSED_HEARTBEATS, the zombie-run automation's threshold."""
     with get_client(sync_client=True) as client:

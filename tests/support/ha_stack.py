@@ -30,6 +30,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from broadcasts.settings import DEFAULT_MISSED_HEARTBEATS
 from deployments import server as prefect_server
 from tests.support.postgres import throwaway_postgres_database
 from tests.support.prefect_server import SMALL_POOL
@@ -67,7 +68,7 @@ class HAStack:
     # Each resume run is a fresh process under `serve` (about 5 s of CPU to import Prefect here);
     # every 10 s, that starved the rest of the stack on a 2-core machine.
     resume_interval_seconds: float = 20
-    missed_heartbeats: int = 3  # CRASHED_AFTER_MISSED_HEARTBEATS
+    missed_heartbeats: int = DEFAULT_MISSED_HEARTBEATS  # CRASHED_AFTER_MISSED_HEARTBEATS
     processes: dict[str, Process] = field(default_factory=dict)
     _specs: dict[str, _Spec] = field(default_factory=dict)
 
@@ -162,7 +163,8 @@ def redis_argv(port: int) -> list[str]:
 
 
 @contextmanager
-def running_ha_stack(ui: bool = False, directory: Path | None = None, missed_heartbeats: int = 3) -> Iterator[HAStack]:
+def running_ha_stack(ui: bool = False, directory: Path | None = None,
+                     missed_heartbeats: int = DEFAULT_MISSED_HEARTBEATS) -> Iterator[HAStack]:
     """Every part of the topology started, in the order the README gives; all stopped at the end.
     Logs go to `directory` (emptied first), or to a temporary one. `missed_heartbeats`: how many
     a run may miss before it is marked Crashed (production's 3 unless a test wants it sooner)."""
