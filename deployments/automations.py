@@ -65,7 +65,9 @@ def zombie_runs(heartbeat_seconds: float, missed_heartbeats: int) -> AutomationC
         trigger=EventTrigger(
             match={"prefect.resource.id": "prefect.flow-run.*"},
             match_related=_flows([*SEND_FLOWS, LINK_TESTS_FLOW, RESUME_FLOW, EXPIRY_FLOW]),
-            after={"prefect.flow-run.heartbeat"},
+            # Running too, which the server itself announces: a process killed before its first
+            # heartbeat left the server (a SIGKILL within a second of the start) is watched as well.
+            after={"prefect.flow-run.heartbeat", "prefect.flow-run.Running"},
             expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
                     "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
             for_each={"prefect.resource.id"},
@@ -80,7 +82,7 @@ def zombie_runs(heartbeat_seconds: float, missed_heartbeats: int) -> AutomationC
 
 def not_started_after_claim() -> EventTrigger:
     """A send run that entered Pending and neither started nor ended within NOT_STARTED_WITHIN:
-    its claimant died before the first heartbeat (which the zombie-run watch needs), lost the
+    its claimant died before the run was Running (which the zombie-run watch needs), lost the
     claim's reply, or cannot reach the API."""
     return EventTrigger(
         match={"prefect.resource.id": "prefect.flow-run.*"},

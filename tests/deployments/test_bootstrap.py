@@ -59,6 +59,8 @@ def test_an_automation_read_back_is_unchanged_whatever_the_order_of_its_sets():
 def test_the_zombie_run_silence_is_the_missed_heartbeats_times_the_interval():
     automation = automations.zombie_runs(30, 2)
     assert automation.trigger.within == timedelta(seconds=60)
+    # Watched from Running, announced by the server: a run killed before its first heartbeat is sent.
+    assert automation.trigger.after == {"prefect.flow-run.heartbeat", "prefect.flow-run.Running"}
     assert automation.actions[0].message == "no heartbeat for 60 s: its process died"
 
 
