@@ -22,12 +22,13 @@ fan-out.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -70,6 +71,7 @@ from broadcasts.providers import Provider, get_provider
 from broadcasts.retry import MAX_DELAY_SECONDS
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # A provider slot yields None when it was taken, or a note saying why the send went without it.
 ProviderSlot = Callable[[], AbstractContextManager[str | None]]
@@ -381,31 +383,69 @@ def _attempt(
                 if not lock.still_held():
                     extra["lock_lost"] = LOCK_LOST
                     logger.error("event %s to %s: %s", ready.event.id, provider.name, LOCK_LOST)
-            with unit_of_work(engine) as session:
-                # As read under the lock before the call, not read again: its status is only ever
-                # changed by an UPDATE that checks it (dao.append_status).
-                message = session.merge(message, load=False)
-                if isinstance(outcome, Delivered):
-                    failures = [f.as_dict() for f in outcome.failures]
-                    detail = {**extra, **({"failed_routes": failures} if failures else {})}
-                    dao.append_status(session, message, RETURNED_ACK, route=outcome.answered_by, attempt=attempt,
-                                      detail=detail or None)
-                    route_advisor.record_success(session, provider.name, outcome.route, now())
-                    return _ack(message, outcome.answered_by, sent_now=True)
-                detail: dict[str, Any] = dict(extra)
-                if outcome is not None:
-                    detail |= {"error": str(outcome), "failed_routes": outcome.failures}
-                error: DispatchError | None = outcome
-                if _has_expired(ready, now()):
-                    assert ready.expires_at is not None
-                    error = EventExpired(message.broadcast_event_id, ready.expires_at, while_retrying=True)
-                    detail["error"] = f"{error}; last attempt: {outcome}" if outcome else str(error)
-                    dao.append_status(session, message, TECHNICAL_FAILURE,
-                                      attempt=attempt if outcome else None, detail=detail)
-                else:
-                    dao.append_status(session, message, RETURNED_ERROR, attempt=attempt, detail=detail)
-    assert error is not None
-    raise error
+            result = _recorded(engine, lock, lambda session: _record_outcome(
+                session, provider, ready, message, outcome, attempt, extra, now))
+    if isinstance(result, DispatchError):
+        raise result
+    return result
+
+
+def _record_outcome(
+    session: Session,
+    provider: Provider,
+    ready: _Ready,
+    message: BroadcastProviderMessage,
+    outcome: Delivered | AllRoutesFailed | None,
+    attempt: int,
+    extra: dict[str, Any],
+    now: Callable[[], datetime],
+) -> SendResult | DispatchError:
+    """Step 5's record of what the call did (`outcome`), or of the event expiring before it; returns
+    the result, or the error the attempt ends with."""
+    # As read under the lock before the call, not read again: its status is only ever changed by
+    # an UPDATE that checks it (dao.append_status).
+    message = session.merge(message, load=False)
+    if isinstance(outcome, Delivered):
+        failures = [f.as_dict() for f in outcome.failures]
+        detail = {**extra, **({"failed_routes": failures} if failures else {})}
+        dao.append_status(session, message, RETURNED_ACK, route=outcome.answered_by, attempt=attempt,
+                          detail=detail or None)
+        route_advisor.record_success(session, provider.name, outcome.route, now())
+        return _ack(message, outcome.answered_by, sent_now=True)
+    detail: dict[str, Any] = dict(extra)
+    if outcome is not None:
+        detail |= {"error": str(outcome), "failed_routes": outcome.failures}
+    if not _has_expired(ready, now()):
+        dao.append_status(session, message, RETURNED_ERROR, attempt=attempt, detail=detail)
+        assert outcome is not None
+        return outcome
+    assert ready.expires_at is not None
+    error = EventExpired(message.broadcast_event_id, ready.expires_at, while_retrying=True)
+    detail["error"] = f"{error}; last attempt: {outcome}" if outcome else str(error)
+    dao.append_status(session, message, TECHNICAL_FAILURE, attempt=attempt if outcome else None, detail=detail)
+    return error
+
+
+# How long a call's outcome is tried again to be written when the database fails transiently. The
+# lock is held meanwhile, so no other run calls the proxy for this identifier.
+RECORD_RETRY_WAITS = (0.2, 0.5, 1.0, 2.0, 4.0)
+
+
+def _recorded(engine: Engine, lock: send_lock.Lock, write: Callable[[Session], _T]) -> _T:
+    """`write` once the proxy has answered, which must not be lost: unrecorded, an acknowledged
+    message looks unsent and the next attempt sends it again. On the lock's own connection first,
+    which needs no new one (a database out of connections cannot refuse it); a transient error is
+    tried again for a few seconds, on a pooled connection once the lock's has failed."""
+    for wait in RECORD_RETRY_WAITS:
+        try:
+            with lock.transaction(engine) as session:
+                return write(session)
+        except TRANSIENT_DATABASE_ERRORS as error:
+            logger.warning("could not record a proxy call's outcome (%s: %s); trying again in %s s",
+                           type(error).__name__, error, wait)
+            time.sleep(wait)
+    with lock.transaction(engine) as session:  # the last try: its error ends the attempt, retried
+        return write(session)
 
 
 # Recorded all the same: the outcome is the truth about our identifier, and the network de-duplicates.

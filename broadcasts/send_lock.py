@@ -11,6 +11,10 @@ Dying with its holder cuts both ways: a PostgreSQL lock goes silently when its c
 (a network blip, a terminated backend) while the holder runs on. So the holder asks
 `Lock.still_held()` before and after the call it guards, on the lock's own connection. The file
 and memory locks cannot be lost while the process lives.
+
+The work done under a PostgreSQL lock runs on the lock's own connection (`Lock.transaction`): once
+the lock is held, writing what the call did needs no other connection, which a database out of
+connections could refuse.
 """
 
 from __future__ import annotations
@@ -25,15 +29,20 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from broadcasts.db import unit_of_work
 
 
 class Lock:
     """What `exclusive` yields: truthy when this process took the lock."""
 
-    def __init__(self, held: bool, check: Callable[[], bool] | None = None) -> None:
+    def __init__(self, held: bool, check: Callable[[], bool] | None = None,
+                 connection: Connection | None = None) -> None:
         self.held = held
-        self.lost = False  # a `still_held()` found it gone
+        self.lost = False  # a `still_held()` found it gone, or its connection failed
         self._check = check
+        self._connection = connection
 
     def __bool__(self) -> bool:
         return self.held
@@ -43,6 +52,23 @@ class Lock:
         if self.held and self._check is not None and not self._check():
             self.lost = True
         return self.held and not self.lost
+
+    @contextmanager
+    def transaction(self, engine: Engine) -> Iterator[Session]:
+        """A unit of work on the lock's own connection while it holds the lock (PostgreSQL); on a
+        pooled connection otherwise. A failed connection counts the lock as lost, so the next
+        transaction takes a pooled one."""
+        if self._connection is None or not self.held or self.lost:
+            with unit_of_work(engine) as session:
+                yield session
+            return
+        try:
+            with Session(bind=self._connection, expire_on_commit=False) as session, session.begin():
+                yield session
+        except SQLAlchemyError:
+            if self._connection.invalidated:
+                self.lost = True
+            raise
 
 
 @contextmanager
@@ -69,7 +95,7 @@ def _advisory_lock(engine: Engine, key: uuid.UUID) -> Iterator[Lock]:
     with engine.connect() as connection:
         held = bool(connection.scalar(select(func.pg_try_advisory_lock(lock_id))))
         connection.commit()
-        lock = Lock(held, lambda: _holds(connection, lock_id))
+        lock = Lock(held, lambda: _holds(connection, lock_id), connection)
         try:
             yield lock
         finally:

@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,17 @@ def prefect_server(environment: dict[str, str], tmp_path_factory: pytest.TempPat
 
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def slot_pages(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The slot-stuck events (tasks/provider_limits.py) emitted by a test without a Prefect server,
+    recorded here: Prefect's events client would otherwise start an ephemeral Prefect server in
+    the background, which outlives the test's process. (Through a real server:
+    tests/tasks/test_provider_slot.py.)"""
+    emitted: list[dict[str, Any]] = []
+    if not needs_prefect_server(request.node):
+        from tasks import provider_limits
+
+        monkeypatch.setattr(provider_limits, "emit_event", lambda **event: emitted.append(event))
+    return emitted

@@ -11,7 +11,8 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
+from sqlalchemy.exc import OperationalError
 
 from broadcasts import dispatch, send_lock
 from broadcasts.cbc_proxy import CBCProxy, get_proxy
@@ -332,3 +333,72 @@ def test_the_outcome_is_recorded_before_the_provider_slot_is_given_back(environm
     else:
         send(engine, event_id, provider_slot=slot)
     assert seen_at_release == ["returned-error" if fails else "returned-ack"]
+
+
+# --- the outcome of a call is recorded, whatever the database does meanwhile ----------------
+
+
+class _RefusingConnectionsAfterTheCall:
+    """The real proxy; once it has answered, the database refuses new connections for
+    `refuse_seconds` (as PostgreSQL does when it has run out: "too many clients already") and
+    the pool's idle connections are gone, so writing the outcome cannot borrow one."""
+
+    def __init__(self, engine, refuse_seconds: float) -> None:  # type: ignore[no-untyped-def]
+        self._proxy, self._engine, self._refuse_seconds = get_proxy(get_settings()), engine, refuse_seconds
+        self.refused = 0
+        self.until = 0.0
+
+    def routes(self, provider):  # type: ignore[no-untyped-def]
+        return self._proxy.routes(provider)
+
+    def send(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        delivered = self._proxy.send(*args, **kwargs)
+        self._engine.pool.dispose()
+        self.until = time.monotonic() + self._refuse_seconds
+        return delivered
+
+    def connect(self, dialect, record, cargs, cparams):  # type: ignore[no-untyped-def]
+        if time.monotonic() < self.until:
+            self.refused += 1
+            raise dialect.loaded_dbapi.OperationalError("sorry, too many clients already")
+        return None  # the dialect connects as usual
+
+
+def test_an_acknowledgement_is_recorded_while_the_database_refuses_new_connections(environment, engine, sim):
+    """Unrecorded, an acknowledged message looks unsent, and the next attempt sends it again. On
+    PostgreSQL the record goes on the per-message lock's own connection; on SQLite (no server to
+    run out of connections) it is tried again for a few seconds."""
+    _, _, event_id = make_alert(engine)
+    proxy = _RefusingConnectionsAfterTheCall(engine, refuse_seconds=0.5)
+    event.listen(engine, "do_connect", proxy.connect)
+    try:
+        result = send(engine, event_id, proxy=proxy)
+    finally:
+        event.remove(engine, "do_connect", proxy.connect)
+    assert (result.status, result.sent_now) == ("returned-ack", True)
+    assert statuses(engine, event_id)["ee"].status == "returned-ack"
+    assert len(sim.invocations()) == 1
+    if engine.dialect.name == "postgresql":
+        assert proxy.refused == 0  # it needed no new connection
+    else:
+        assert proxy.refused >= 1
+
+
+def test_a_failed_write_of_the_outcome_is_tried_again_not_left_for_a_resend(environment, engine, sim):
+    _, _, event_id = make_alert(engine)
+    failures = []
+
+    def fail_once(connection, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.startswith("UPDATE broadcast_provider_message SET status=") and not failures:
+            failures.append(statement)
+            raise OperationalError(statement, parameters, Exception("deadlock detected"))
+
+    event.listen(engine, "before_cursor_execute", fail_once)
+    try:
+        result = send(engine, event_id)
+    finally:
+        event.remove(engine, "before_cursor_execute", fail_once)
+    assert failures and (result.status, result.sent_now) == ("returned-ack", True)
+    ee = statuses(engine, event_id)["ee"]
+    assert [h.status for h in ee.history] == ["sending", "returned-ack"]
+    assert len(sim.invocations()) == 1

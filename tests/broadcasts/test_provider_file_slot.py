@@ -12,7 +12,8 @@ import time
 
 from broadcasts.settings import Settings
 from broadcasts.provider_file_slot import file_slot, slot_directory
-from tasks.provider_limits import slot_for
+from tasks.provider_limits import SLOT_STUCK_EVENT, slot_for
+from tests.support.polling import wait_until
 
 HOLD = """
 import sys, time
@@ -90,7 +91,7 @@ def test_the_sqlite_app_database_uses_the_file_slot_and_pages_when_it_is_stuck(t
     assert any("sent without the slot" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
 
 
-def test_an_in_memory_database_has_one_slot_per_process_that_pages_when_it_is_stuck(caplog):
+def test_an_in_memory_database_has_one_slot_per_process_that_pages_when_it_is_stuck(caplog, slot_pages):
     """sqlite:// lives in one process: the slot is that process's turns, held across threads."""
     settings = Settings(database_url="sqlite://")
     with slot_for(settings, "ee", 5) as note:
@@ -101,6 +102,8 @@ def test_an_in_memory_database_has_one_slot_per_process_that_pages_when_it_is_st
     assert stuck is not None and "sent without the slot" in stuck
     assert time.monotonic() - begun >= 0.3
     assert any("sent without the slot" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    pages = wait_until(lambda: slot_pages, 5, "the slot-stuck page")
+    assert [(p["event"], p["payload"]) for p in pages] == [(SLOT_STUCK_EVENT, {"provider": "ee", "detail": stuck})]
     with slot_for(settings, "ee", 0.3) as note:
         assert note is None
 

@@ -154,10 +154,12 @@ class Burst:
             resent += len(oks) - 1
             assert oks and (len(oks) == 1 or resent_allowed), (
                 f"{key} acknowledged {len(oks)} times by the network: "
-                f"{[(c['function'], c['payload'].get('cbc_target'), c['received_at'], c.get('responded_at'), c['outcome']) for c in calls[key]]}")
+                f"{[(c['function'], c['payload'].get('cbc_target'), c['received_at'], c.get('responded_at'), c['outcome']) for c in calls[key]]}"
+                f"; its history: {self.history(*key)}")
             acknowledged = _time(oks[0]["responded_at"])
             after = [c for c in calls[key] if _time(c["received_at"]) > acknowledged]
-            assert resent_allowed or not after, f"{key} called again after its acknowledgement: {after}"
+            assert resent_allowed or not after, (
+                f"{key} called again after its acknowledgement: {after}; its history: {self.history(*key)}")
             last_ack = max(last_ack, acknowledged)
         for alert, update in self.events:
             for provider in PROVIDERS:
@@ -168,6 +170,10 @@ class Burst:
         self._check_runs_ran_once()
         print(f"\n{what}: last acknowledgement {last_ack - faulted_at:.1f} s after the fault; "
               f"{self.retried_posts} posts called again; {resent} acknowledgements resent under their identifier")
+
+    def history(self, event_id: uuid.UUID, provider: str) -> list[str]:
+        return [f"{h.created_at:%H:%M:%S.%f} {h.status} attempt={h.attempt} {h.detail or ''}"
+                for h in statuses(self.engine, event_id)[provider].history]
 
     def _check_runs_ran_once(self) -> None:
         run_ids = [uuid.UUID(answer["flow_run_id"]) for _, answer in self.answers.values()]

@@ -24,7 +24,7 @@ from tasks.provider_limits import SLOT_STUCK_EVENT, slot_for
 from tests.conftest import PROJECT_ROOT, backend
 from tests.factories import make_alert
 from tests.flows.helpers import in_thread, prefect_events, run_event, statuses
-from tests.support.polling import eventually
+from tests.support.polling import eventually, wait_until
 from tests.support.slots import held_slots, slot_holders
 
 pytestmark = pytest.mark.long(50)
@@ -176,7 +176,7 @@ with slot_for(get_settings(), "ee", 600) as note:
 
 
 def test_a_holder_that_died_frees_the_slot_at_once_and_a_live_one_that_hangs_is_passed_over(
-        configure, engine, sim, caplog):
+        configure, engine, sim, caplog, slot_pages):
     """A process holding the slot and hanging in its call keeps it for the bound; then the send
     goes without it, records and logs why. SIGKILLed, its slot is free at once: no lease to wait out."""
     configure(ENABLED_CBCS="ee")
@@ -194,6 +194,8 @@ def test_a_holder_that_died_frees_the_slot_at_once_and_a_live_one_that_hangs_is_
         note = statuses(engine, event_id)["ee"].history[-1].detail["slot_stuck"]
         assert "the ee slot still held after 2 s" in note and "sent without the slot" in note, note
         assert any(r.levelname == "ERROR" and "the ee slot still held" in r.getMessage() for r in caplog.records)
+        pages = wait_until(lambda: slot_pages, 5, "the slot-stuck page")
+        assert [(p["event"], p["payload"]) for p in pages] == [(SLOT_STUCK_EVENT, {"provider": "ee", "detail": note})]
     finally:
         holder.kill()  # SIGKILL: no release
         holder.wait(10)
