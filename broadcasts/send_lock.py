@@ -12,9 +12,9 @@ Dying with its holder cuts both ways: a PostgreSQL lock goes silently when its c
 `Lock.still_held()` before and after the call it guards, on the lock's own connection. The file
 and memory locks cannot be lost while the process lives.
 
-The work done under a PostgreSQL lock runs on the lock's own connection (`Lock.transaction`): once
-the lock is held, writing what the call did needs no other connection, which a database out of
-connections could refuse.
+What a call did is written on a PostgreSQL lock's own connection (`Lock.transaction`): once the
+lock is held, that record needs no other connection, which a database out of connections could
+refuse.
 """
 
 from __future__ import annotations
