@@ -356,35 +356,43 @@ def _attempt(
         with send_lock.exclusive(engine, ready.message_id) as lock:
             if not lock:
                 raise SendInProgress(ready.event.id, provider.name)
-            with unit_of_work(engine) as session:
-                message = session.get_one(BroadcastProviderMessage, ready.message_id)
-                if guards.is_acknowledged(message):  # another run finished while we prepared
-                    return _ack(message, None, sent_now=False)
-                # Another run may have ended it technical-failure since this one prepared.
-                _ensure_not_failed(session, ready.event.id, provider.name, message, mode)
-                # A cancel written since this run prepared: the call must not start (rule 6).
-                superseded = supersede.under_lock(session, ready.event, message)
-                attempt = dao.attempts_so_far(session, message.id) + 1
-                if message.status == TECHNICAL_FAILURE:  # an operator's replay
-                    dao.append_status(session, message, SENDING, detail={"reason": "replayed"})
-                routes = route_advisor.ordered_routes(session, provider.name, proxy.routes(provider), now(),
-                                                      route_advice_seconds)
+            try:
+                # On the lock's own connection: a PostgreSQL lock goes only with its connection, so a
+                # transaction that commits there proves the lock still held just before the call.
+                with lock.transaction(engine) as session:
+                    message = session.get_one(BroadcastProviderMessage, ready.message_id)
+                    if guards.is_acknowledged(message):  # another run finished while we prepared
+                        return _ack(message, None, sent_now=False)
+                    # Another run may have ended it technical-failure since this one prepared.
+                    _ensure_not_failed(session, ready.event.id, provider.name, message, mode)
+                    # A cancel written since this run prepared: the call must not start (rule 6).
+                    superseded = supersede.under_lock(session, ready.event, message)
+                    attempt = dao.attempts_so_far(session, message.id) + 1
+                    if message.status == TECHNICAL_FAILURE:  # an operator's replay
+                        dao.append_status(session, message, SENDING, detail={"reason": "replayed"})
+                    routes = route_advisor.ordered_routes(session, provider.name, proxy.routes(provider), now(),
+                                                          route_advice_seconds)
+            except TRANSIENT_DATABASE_ERRORS:
+                if lock.lost:  # its connection dropped: another run may take the lock now
+                    raise SendLockLost(ready.event.id, provider.name) from None
+                raise
             if superseded is not None:
                 raise superseded
             outcome: Delivered | AllRoutesFailed | None = None  # None: expired before the call
-            extra = {"slot_stuck": slot_note} if slot_note else {}
             if not _has_expired(ready, now()):  # waiting for the slot can take a while
-                if not lock.still_held():  # its connection dropped: another run may take it now
-                    raise SendLockLost(ready.event.id, provider.name)
                 try:
                     outcome = proxy.send(routes, ready.payload, deadline=ready.expires_at)
                 except AllRoutesFailed as error:
                     outcome = error
-                if not lock.still_held():
-                    extra["lock_lost"] = LOCK_LOST
+            extra = {"slot_stuck": slot_note} if slot_note else {}
+            try:
+                # The lock is found lost when its connection fails to take the record.
+                result = _recorded(engine, lock, lambda session: _record_outcome(
+                    session, provider, ready, message, outcome, attempt,
+                    {**extra, **({"lock_lost": LOCK_LOST} if lock.lost else {})}, now))
+            finally:
+                if lock.lost:
                     logger.error("event %s to %s: %s", ready.event.id, provider.name, LOCK_LOST)
-            result = _recorded(engine, lock, lambda session: _record_outcome(
-                session, provider, ready, message, outcome, attempt, extra, now))
     if isinstance(result, DispatchError):
         raise result
     return result
@@ -435,7 +443,8 @@ def _recorded(engine: Engine, lock: send_lock.Lock, write: Callable[[Session], _
     """`write` once the proxy has answered, which must not be lost: unrecorded, an acknowledged
     message looks unsent and the next attempt sends it again. On the lock's own connection first,
     which needs no new one (a database out of connections cannot refuse it); a transient error is
-    tried again for a few seconds, on a pooled connection once the lock's has failed."""
+    tried again for a few seconds, on a pooled connection once the lock's has failed (the lock
+    then lost: the record says so)."""
     for wait in RECORD_RETRY_WAITS:
         try:
             with lock.transaction(engine) as session:

@@ -8,13 +8,12 @@ holder, so a crashed run never blocks the replay that follows it:
 - SQLite file: `flock` on a file beside the database, released when the process exits.
 
 Dying with its holder cuts both ways: a PostgreSQL lock goes silently when its connection drops
-(a network blip, a terminated backend) while the holder runs on. So the holder asks
-`Lock.still_held()` before and after the call it guards, on the lock's own connection. The file
-and memory locks cannot be lost while the process lives.
-
-What a call did is written on a PostgreSQL lock's own connection (`Lock.transaction`): once the
-lock is held, that record needs no other connection, which a database out of connections could
-refuse.
+(a network blip, a terminated backend) while the holder runs on. So the work done under it runs
+on the lock's own connection (`Lock.transaction`): a transaction that commits there proves the
+lock still held, and one that fails with the connection marks it lost (`Lock.lost`). That is
+also why what a call did is written there: once the lock is held, the record needs no other
+connection, which a database out of connections could refuse. The file and memory locks cannot
+be lost while the process lives.
 """
 
 from __future__ import annotations
@@ -23,11 +22,11 @@ import fcntl
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, func, select, text
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -37,27 +36,19 @@ from broadcasts.db import unit_of_work
 class Lock:
     """What `exclusive` yields: truthy when this process took the lock."""
 
-    def __init__(self, held: bool, check: Callable[[], bool] | None = None,
-                 connection: Connection | None = None) -> None:
+    def __init__(self, held: bool, connection: Connection | None = None) -> None:
         self.held = held
-        self.lost = False  # a `still_held()` found it gone, or its connection failed
-        self._check = check
+        self.lost = False  # its connection failed in `transaction`
         self._connection = connection
 
     def __bool__(self) -> bool:
         return self.held
 
-    def still_held(self) -> bool:
-        """Whether the lock is still ours (False when it was never taken)."""
-        if self.held and self._check is not None and not self._check():
-            self.lost = True
-        return self.held and not self.lost
-
     @contextmanager
     def transaction(self, engine: Engine) -> Iterator[Session]:
         """A unit of work on the lock's own connection while it holds the lock (PostgreSQL); on a
-        pooled connection otherwise. A failed connection counts the lock as lost, so the next
-        transaction takes a pooled one."""
+        pooled connection otherwise. A connection that fails loses the lock with it: `lost`, and
+        the next transaction takes a pooled one."""
         if self._connection is None or not self.held or self.lost:
             with unit_of_work(engine) as session:
                 yield session
@@ -82,20 +73,13 @@ def exclusive(engine: Engine, key: uuid.UUID) -> Iterator[Lock]:
             yield Lock(held)
 
 
-# The lock's row in pg_locks: a bigint key is split into classid (high half) and objid (low half).
-_HOLDS = text(
-    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
-    "AND granted AND classid = CAST(:classid AS oid) AND objid = CAST(:objid AS oid) AND objsubid = 1)"
-)
-
-
 @contextmanager
 def _advisory_lock(engine: Engine, key: uuid.UUID) -> Iterator[Lock]:
     lock_id = int.from_bytes(key.bytes[:8], "big", signed=True)
     with engine.connect() as connection:
         held = bool(connection.scalar(select(func.pg_try_advisory_lock(lock_id))))
         connection.commit()
-        lock = Lock(held, lambda: _holds(connection, lock_id), connection)
+        lock = Lock(held, connection)
         try:
             yield lock
         finally:
@@ -109,16 +93,6 @@ def _advisory_lock(engine: Engine, key: uuid.UUID) -> Iterator[Lock]:
                     # A pooled connection must never go back still holding the lock.
                     connection.invalidate()
                     raise
-
-
-def _holds(connection: Connection, lock_id: int) -> bool:
-    """True when this connection's backend still holds the advisory lock; a dead connection does not."""
-    try:
-        found = connection.scalar(_HOLDS, {"classid": (lock_id >> 32) & 0xFFFFFFFF, "objid": lock_id & 0xFFFFFFFF})
-        connection.commit()
-    except SQLAlchemyError:  # a dead connection, or one SQLAlchemy already invalidated
-        return False
-    return bool(found)
 
 
 _memory_locks: dict[uuid.UUID, threading.Lock] = {}

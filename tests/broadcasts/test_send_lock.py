@@ -1,5 +1,6 @@
-"""The per-message lock can be lost with its PostgreSQL connection; the send checks it before and
-after the proxy call (docs/behaviour.md §4, "Then the attempt")."""
+"""The per-message lock can be lost with its PostgreSQL connection; the send's work under it runs on
+that connection, before the proxy call and for its record after it, so a lost lock is found
+there (docs/behaviour.md §4, step 5 of the attempt)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from broadcasts import send_lock
 from broadcasts.db import get_engine
@@ -22,7 +24,7 @@ from tests.flows.helpers import calls_for, in_thread, statuses
 
 
 def _holders(engine: Engine, key: uuid.UUID) -> list[int]:
-    """The backends holding the advisory lock of `key` in this database (see send_lock._HOLDS)."""
+    """The backends holding the advisory lock of `key` in this database."""
     lock_id = int.from_bytes(key.bytes[:8], "big", signed=True)
     with engine.connect() as connection:
         return list(connection.scalars(text(
@@ -46,24 +48,35 @@ def on_postgresql(engine: Engine) -> None:
         pytest.skip("only a PostgreSQL advisory lock lives on a connection")
 
 
-def test_file_and_memory_locks_stay_held_while_the_process_lives(tmp_path: Path):
+def test_file_and_memory_locks_exclude_a_second_holder_and_work_on_a_pooled_connection(tmp_path: Path):
     key = uuid.uuid4()
     for engine in (create_engine("sqlite://"), get_engine(f"sqlite:///{tmp_path / 'locks.db'}")):
         with send_lock.exclusive(engine, key) as lock:
-            assert lock and lock.still_held()
+            assert lock
+            with lock.transaction(engine) as session:
+                assert session.scalar(text("SELECT 1")) == 1
             with send_lock.exclusive(engine, key) as other:
-                assert not other and not other.still_held()
+                assert not other
+            assert not lock.lost
+        with send_lock.exclusive(engine, key) as again:
+            assert again
 
 
-def test_an_advisory_lock_is_not_held_once_its_connection_is_terminated(engine):
+def test_an_advisory_lock_is_lost_with_its_connection_and_the_next_transaction_takes_another(engine):
     on_postgresql(engine)
     key = uuid.uuid4()
     with send_lock.exclusive(engine, key) as lock:
-        assert lock.still_held()
+        with lock.transaction(engine) as session:  # on the lock's own connection
+            assert session.scalar(text("SELECT pg_backend_pid()")) in _holders(engine, key)
         terminate_lock_holder(engine, key)
-        assert not lock.still_held()
+        with pytest.raises(OperationalError):
+            with lock.transaction(engine) as session:
+                session.scalar(text("SELECT 1"))
+        assert lock.lost
+        with lock.transaction(engine) as session:  # a pooled connection now
+            assert session.scalar(text("SELECT pg_backend_pid()")) not in _holders(engine, key)
     with send_lock.exclusive(engine, key) as again:  # released with its connection; nothing raised
-        assert again.still_held()
+        assert again and _holders(engine, key)
 
 
 def test_a_lock_lost_before_the_call_sends_nothing_and_is_retried(environment, engine, sim, monkeypatch):
