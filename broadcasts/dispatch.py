@@ -31,6 +31,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from broadcasts import dao, guards, route_advisor, send_lock, supersede
@@ -372,7 +373,7 @@ def _attempt(
                         dao.append_status(session, message, SENDING, detail={"reason": "replayed"})
                     routes = route_advisor.ordered_routes(session, provider.name, proxy.routes(provider), now(),
                                                           route_advice_seconds)
-            except TRANSIENT_DATABASE_ERRORS:
+            except SQLAlchemyError:
                 if lock.lost:  # its connection dropped: another run may take the lock now
                     raise SendLockLost(ready.event.id, provider.name) from None
                 raise
@@ -424,8 +425,8 @@ def _record_outcome(
     if outcome is not None:
         detail |= {"error": str(outcome), "failed_routes": outcome.failures}
     if not _has_expired(ready, now()):
+        assert outcome is not None  # no call only when expired
         dao.append_status(session, message, RETURNED_ERROR, attempt=attempt, detail=detail)
-        assert outcome is not None
         return outcome
     assert ready.expires_at is not None
     error = EventExpired(message.broadcast_event_id, ready.expires_at, while_retrying=True)
@@ -434,8 +435,9 @@ def _record_outcome(
     return error
 
 
-# How long a call's outcome is tried again to be written when the database fails transiently. The
-# lock is held meanwhile, so no other run calls the proxy for this identifier.
+# The waits between tries to write a call's outcome when the database fails transiently (each try
+# bounded by the database's own timeouts). The lock is held meanwhile, so no other run calls the
+# proxy for this identifier.
 RECORD_RETRY_WAITS = (0.2, 0.5, 1.0, 2.0, 4.0)
 
 
@@ -449,7 +451,11 @@ def _recorded(engine: Engine, lock: send_lock.Lock, write: Callable[[Session], _
         try:
             with lock.transaction(engine) as session:
                 return write(session)
-        except TRANSIENT_DATABASE_ERRORS as error:
+        except SQLAlchemyError as error:
+            # A lost connection is not always an OperationalError (psycopg2 reports some, an SSL
+            # EOF say, as a plain DatabaseError): the lock's connection failing is transient here.
+            if not (isinstance(error, TRANSIENT_DATABASE_ERRORS) or lock.lost):
+                raise
             logger.warning("could not record a proxy call's outcome (%s: %s); trying again in %s s",
                            type(error).__name__, error, wait)
             time.sleep(wait)

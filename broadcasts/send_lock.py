@@ -49,6 +49,8 @@ class Lock:
         """A unit of work on the lock's own connection while it holds the lock (PostgreSQL); on a
         pooled connection otherwise. A connection that fails loses the lock with it: `lost`, and
         the next transaction takes a pooled one."""
+        if self._connection is not None and self._connection.invalidated:
+            self.lost = True  # ended by something other than a statement (an interrupt, say)
         if self._connection is None or not self.held or self.lost:
             with unit_of_work(engine) as session:
                 yield session
@@ -83,9 +85,8 @@ def _advisory_lock(engine: Engine, key: uuid.UUID) -> Iterator[Lock]:
         try:
             yield lock
         finally:
-            if held and lock.lost:
-                connection.invalidate()  # nothing to release; never reuse a connection that failed
-            elif held:
+            # A lost lock's connection is already invalidated: nothing to release.
+            if held and not lock.lost:
                 try:
                     connection.scalar(select(func.pg_advisory_unlock(lock_id)))
                     connection.commit()

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 
 from broadcasts import send_lock
@@ -118,3 +118,30 @@ def test_a_lock_lost_during_the_call_still_records_the_outcome_and_says_so(envir
     assert ee.status == "returned-ack" and len(calls_for(sim, ee.identifier)) == 1
     assert "lock was lost during the proxy call" in ee.history[-1].detail["lock_lost"]
     assert any(r.levelno == logging.ERROR and "lock was lost" in r.getMessage() for r in caplog.records)
+
+
+def test_a_lock_connection_lost_as_a_plain_database_error_still_gets_the_outcome_recorded(
+        environment, engine, sim):
+    """psycopg2 reports some lost connections (an SSL EOF, say) as a DatabaseError, not an
+    OperationalError: the answered call is still recorded, on another connection, as lost."""
+    on_postgresql(engine)
+    import psycopg2
+
+    _, _, event_id = make_alert(engine)
+    failed = []
+
+    def drop_once(connection, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.startswith("UPDATE broadcast_provider_message SET status=") and not failed:
+            failed.append(statement)
+            raise psycopg2.DatabaseError("SSL SYSCALL error: EOF detected")
+
+    event.listen(engine, "before_cursor_execute", drop_once)
+    try:
+        result = send(engine, event_id)
+    finally:
+        event.remove(engine, "before_cursor_execute", drop_once)
+    assert failed and (result.status, result.sent_now) == ("returned-ack", True)
+    ee = statuses(engine, event_id)["ee"]
+    assert [h.status for h in ee.history] == ["sending", "returned-ack"]
+    assert "lock was lost" in ee.history[-1].detail["lock_lost"]
+    assert len(calls_for(sim, ee.identifier)) == 1
