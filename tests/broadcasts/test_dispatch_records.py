@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from types import SimpleNamespace
@@ -384,21 +385,29 @@ def test_an_acknowledgement_is_recorded_while_the_database_refuses_new_connectio
         assert proxy.refused >= 1
 
 
-def test_a_failed_write_of_the_outcome_is_tried_again_not_left_for_a_resend(environment, engine, sim):
-    _, _, event_id = make_alert(engine)
-    failures = []
+@contextmanager
+def first_status_write_failing(engine, error: Exception) -> Iterator[list[str]]:  # type: ignore[no-untyped-def]
+    """The first write of a provider message's status (the record after the call) raises `error`;
+    yields the statements it failed."""
+    failed: list[str] = []
 
     def fail_once(connection, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if statement.startswith("UPDATE broadcast_provider_message SET status=") and not failures:
-            failures.append(statement)
-            raise OperationalError(statement, parameters, Exception("deadlock detected"))
+        if statement.startswith("UPDATE broadcast_provider_message SET status=") and not failed:
+            failed.append(statement)
+            raise error
 
     event.listen(engine, "before_cursor_execute", fail_once)
     try:
-        result = send(engine, event_id)
+        yield failed
     finally:
         event.remove(engine, "before_cursor_execute", fail_once)
-    assert failures and (result.status, result.sent_now) == ("returned-ack", True)
+
+
+def test_a_failed_write_of_the_outcome_is_tried_again_not_left_for_a_resend(environment, engine, sim):
+    _, _, event_id = make_alert(engine)
+    with first_status_write_failing(engine, OperationalError("UPDATE", {}, Exception("deadlock detected"))) as failed:
+        result = send(engine, event_id)
+    assert failed and (result.status, result.sent_now) == ("returned-ack", True)
     ee = statuses(engine, event_id)["ee"]
     assert [h.status for h in ee.history] == ["sending", "returned-ack"]
     assert len(sim.invocations()) == 1

@@ -11,13 +11,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from broadcasts import send_lock
 from broadcasts.db import get_engine
 from broadcasts.errors import SendLockLost
-from tests.broadcasts.test_dispatch_records import retried, send
+from tests.broadcasts.test_dispatch_records import first_status_write_failing, retried, send
 from tests.factories import make_alert
 from tests.flows.helpers import calls_for, in_thread, statuses
 
@@ -128,18 +128,8 @@ def test_a_lock_connection_lost_as_a_plain_database_error_still_gets_the_outcome
     import psycopg2
 
     _, _, event_id = make_alert(engine)
-    failed = []
-
-    def drop_once(connection, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if statement.startswith("UPDATE broadcast_provider_message SET status=") and not failed:
-            failed.append(statement)
-            raise psycopg2.DatabaseError("SSL SYSCALL error: EOF detected")
-
-    event.listen(engine, "before_cursor_execute", drop_once)
-    try:
+    with first_status_write_failing(engine, psycopg2.DatabaseError("SSL SYSCALL error: EOF detected")) as failed:
         result = send(engine, event_id)
-    finally:
-        event.remove(engine, "before_cursor_execute", drop_once)
     assert failed and (result.status, result.sent_now) == ("returned-ack", True)
     ee = statuses(engine, event_id)["ee"]
     assert [h.status for h in ee.history] == ["sending", "returned-ack"]
