@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from broadcasts import dao, guards, route_advisor, send_lock, supersede
@@ -453,8 +453,9 @@ def _recorded(engine: Engine, lock: send_lock.Lock, write: Callable[[Session], _
                 return write(session)
         except SQLAlchemyError as error:
             # A lost connection is not always an OperationalError (psycopg2 reports some, an SSL
-            # EOF say, as a plain DatabaseError): the lock's connection failing is transient here.
-            if not (isinstance(error, TRANSIENT_DATABASE_ERRORS) or lock.lost):
+            # EOF say, as a plain DatabaseError): transient here too.
+            lost_connection = isinstance(error, DBAPIError) and error.connection_invalidated
+            if not (isinstance(error, TRANSIENT_DATABASE_ERRORS) or lost_connection):
                 raise
             logger.warning("could not record a proxy call's outcome (%s: %s); trying again in %s s",
                            type(error).__name__, error, wait)
