@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, func, select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from broadcasts.db import unit_of_work
@@ -38,30 +37,27 @@ class Lock:
 
     def __init__(self, held: bool, connection: Connection | None = None) -> None:
         self.held = held
-        self.lost = False  # its connection failed in `transaction`
         self._connection = connection
 
     def __bool__(self) -> bool:
         return self.held
+
+    @property
+    def lost(self) -> bool:
+        """A PostgreSQL lock whose connection has failed (SQLAlchemy invalidates it): gone with it."""
+        return self.held and self._connection is not None and self._connection.invalidated
 
     @contextmanager
     def transaction(self, engine: Engine) -> Iterator[Session]:
         """A unit of work on the lock's own connection while it holds the lock (PostgreSQL); on a
         pooled connection otherwise. A connection that fails loses the lock with it: `lost`, and
         the next transaction takes a pooled one."""
-        if self._connection is not None and self._connection.invalidated:
-            self.lost = True  # ended by something other than a statement (an interrupt, say)
         if self._connection is None or not self.held or self.lost:
             with unit_of_work(engine) as session:
                 yield session
             return
-        try:
-            with Session(bind=self._connection, expire_on_commit=False) as session, session.begin():
-                yield session
-        except SQLAlchemyError:
-            if self._connection.invalidated:
-                self.lost = True
-            raise
+        with Session(bind=self._connection, expire_on_commit=False) as session, session.begin():
+            yield session
 
 
 @contextmanager
