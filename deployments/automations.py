@@ -56,10 +56,13 @@ def _flows(flow_names: list[str]) -> dict[str, object]:
     return {"prefect.resource.role": "flow", "prefect.resource.name": flow_names}
 
 
+ZOMBIE_RUNS = PREFIX + "mark runs without heartbeats crashed"
+
+
 def zombie_runs(heartbeat_seconds: float, missed_heartbeats: int) -> AutomationCore:
     silence = missed_heartbeats * heartbeat_seconds
     return AutomationCore(
-        name=PREFIX + "mark runs without heartbeats crashed",
+        name=ZOMBIE_RUNS,
         description="A run whose process died stops sending heartbeats; marking it Crashed lets "
                     "resume-dispatch finish its event with the same identifiers.",
         trigger=EventTrigger(

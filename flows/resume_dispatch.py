@@ -8,16 +8,22 @@ Why it neither loses an event nor starts two sends of one:
   while it is Scheduled (AwaitingRetry and Late included), Pending, Running, Paused or Cancelling.
   A run whose process was killed stays Running until the zombie automation marks it Crashed; from
   then on it is not live, and the event is resumed.
+- That automation acts on Prefect's event stream, which a busy or restarted services process can
+  leave minutes behind; a dead run must not wait on it. So a Running run is also not live when it
+  has been silent (no heartbeat, no state change) for CRASHED_AFTER_MISSED_HEARTBEATS heartbeats
+  and one more (the automation's head start), counted to the newest event Prefect has stored, not
+  to this process's clock: events stored late make no run look silent until later ones are stored.
 - A run nobody starts is not live either: Pending for more than `NOT_STARTED_WITHIN` (its
   claimant died before its first heartbeat, lost the claim's reply, or could not reach the API to
   set Running), or Scheduled with its start that long past (no process free to claim it); a
   Scheduled run due later (a retry planned for later) is live. Before its event is started again,
-  such a run is read again and moved to Crashed, so that no process claims it later and runs it
-  beside the new one. A Scheduled run is first claimed (set Pending) as the dispatcher claims it
-  (tasks/claim.py): the server refuses the claim if another process claimed it first. A run found changed, or whose
-  claim or Crashed state the server refuses, was claimed or started meanwhile: it is live, and the
-  event is left alone. (Crashed, not Cancelled: a run that finds itself cancelled ends its sends
-  technical-failure, which automatic resume leaves to an operator.) Two windows of about one API
+  such a run, or a silent Running one, is read again and moved to Crashed, so that no process
+  claims it later and runs it beside the new one. A Scheduled run is first claimed (set Pending)
+  as the dispatcher claims it (tasks/claim.py): the server refuses the claim if another process
+  claimed it first. A run found changed, or whose claim or Crashed state the server refuses, was
+  claimed or started meanwhile: it is live, and the event is left alone. (Crashed, not Cancelled:
+  a run that finds itself cancelled ends its sends technical-failure, which automatic resume
+  leaves to an operator.) Two windows of about one API
   round trip remain, and the last point makes them harmless: a claimant silent for 30 s that sets
   Running between that read and the Crashed state goes on beside the new run, and so does a
   worker that listed the run as Scheduled just before and then claims it (the server accepts
@@ -56,7 +62,7 @@ from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT
 from flows.send_broadcast_event import idempotency_key, run_name
 from flows.send_provider_message import DEPLOYMENT_NAME as SEND_PROVIDER_DEPLOYMENT
 from tasks.claim import propose_pending
-from tasks.run_queries import deployment_id, latest_send_runs, live_runs, state_name
+from tasks.run_queries import deployment_id, latest_send_runs, live_runs, signs_of_life, state_name
 
 FLOW_NAME = "resume-dispatch"
 # A claimed run starts within seconds (the dispatcher: at once; serve: a process start) and a due
@@ -71,7 +77,8 @@ RESUME_DESCRIPTION = (
     "more than RESUME_GRACE_SECONDS ago that a network has not yet acknowledged (nothing sent, or "
     "left sending or returned-error) and that no live run is working on: its webhook call was "
     "lost, its run crashed, or its run was never started (a run Pending, or Scheduled past its "
-    "start, for over 30 s is marked Crashed first). Safe to run at any time, also by hand: it only "
+    "start, for over 30 s is marked Crashed first, and so is a Running run silent for "
+    "CRASHED_AFTER_MISSED_HEARTBEATS heartbeats and one more). Safe to run at any time, also by hand: it only "
     "creates runs, one per event however many resumers run at once, and each send reuses the "
     "identifiers."
 )
@@ -102,11 +109,12 @@ def resume_dispatch() -> State:
         event_ids = {event.event_id for event in unfinished}
         latest = latest_send_runs(client, send_event, unfinished)  # before the live runs: see above
         live = live_runs(client, [send_event, deployment_id(client, SEND_PROVIDER_DEPLOYMENT)], event_ids)
+        silent = silent_runs(client, [run for runs in live.values() for run in runs], heartbeat_silence(settings))
 
         count = 0
         for event in unfinished:
             try:
-                working, crashed = working_run(client, live.get(event.event_id, []))
+                working, crashed = working_run(client, live.get(event.event_id, []), silent)
             except Exception as error:  # one event's stale run must not keep the others from resuming
                 logger.warning("not resuming event %s this time: taking over its stale run failed (%s)",
                                event.event_id, error)
@@ -137,18 +145,30 @@ def read_unfinished(settings: Settings) -> list[Unfinished]:
                                   settings.enabled_cbcs)
 
 
-def working_run(client: SyncPrefectClient, runs: list[FlowRun]) -> tuple[FlowRun | None, list[FlowRun]]:
-    """The run still working on an event, if any, and the runs nobody started that were moved to
-    Crashed for it. Those are taken over only when none of the event's live runs is working."""
+def working_run(client: SyncPrefectClient, runs: list[FlowRun], silent: dict[object, timedelta]
+                ) -> tuple[FlowRun | None, list[tuple[FlowRun, str]]]:
+    """The run still working on an event, if any, and the stale runs moved to Crashed for it, each
+    with why: not started, or silent (`silent`: run id → for how long). Those are taken over only
+    when none of the event's live runs is working."""
     now = utcnow()
-    if (working := next((run for run in runs if not not_started(run, now)), None)) is not None:
+    verdicts = [(run, stale_because(run, now, silent)) for run in runs]
+    if (working := next((run for run, why in verdicts if not why), None)) is not None:
         return working, []
     crashed = []
-    for run in runs:
-        if (found := take_over(client, run)) is not None:
-            return found, crashed
-        crashed.append(run)
+    for run, why in verdicts:
+        if (current := take_over(client, run, why)) is not None:
+            return current, crashed
+        crashed.append((run, why))
     return None, crashed
+
+
+def stale_because(run: FlowRun, now: datetime, silent: dict[object, timedelta]) -> str:
+    """Why nobody is working on this live run, or "" when it may be working."""
+    if not_started(run, now):
+        return f"not started within {NOT_STARTED_WITHIN.total_seconds():g} s"
+    if run.id in silent:
+        return f"no heartbeat for {silent[run.id].total_seconds():.0f} s"
+    return ""
 
 
 def not_started(run: FlowRun, now: datetime) -> bool:
@@ -163,14 +183,58 @@ def not_started(run: FlowRun, now: datetime) -> bool:
     return state.type == StateType.SCHEDULED and due is not None and now - due > NOT_STARTED_WITHIN
 
 
-def take_over(client: SyncPrefectClient, run: FlowRun) -> FlowRun | None:
-    """Moves a run nobody started to Crashed, so that no process starts it beside its event's new
-    run. None when done; otherwise the run as it is now, claimed or started meanwhile (live)."""
+def heartbeat_silence(settings: Settings) -> timedelta | None:
+    """How long a Running run may go without a sign of life: CRASHED_AFTER_MISSED_HEARTBEATS of
+    its heartbeats (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, the setting the zombie automation is made
+    from) and one more, so that the automation acts first when Prefect's events are on time.
+    None when runs send no heartbeats: then silence says nothing."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+    seconds = PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value()
+    if not seconds:
+        return None
+    return (settings.crashed_after_missed_heartbeats + 1) * timedelta(seconds=seconds)
+
+
+def silent_runs(client: SyncPrefectClient, runs: list[FlowRun], silence: timedelta | None
+                ) -> dict[object, timedelta]:
+    """The Running runs with no stored sign of life (heartbeat or state change) for longer than
+    `silence` before the newest event Prefect has stored, with how long. None of them when the
+    events cannot be read: the zombie automation is then the only judge, as before."""
+    running = [run for run in runs if run.state is not None and run.state.type == StateType.RUNNING]
+    if silence is None or not running:
+        return {}
+    try:
+        newest, latest = signs_of_life(client, running)
+    except Exception as error:  # this round resumes what it can without the verdict
+        get_run_logger().warning("could not read the runs' heartbeats (%s): no Running run is judged silent", error)
+        return {}
+    found = {}
+    for run in running:
+        quiet = silent_for(run, latest.get(run.id), newest)
+        if quiet is not None and quiet > silence:
+            found[run.id] = quiet
+    return found
+
+
+def silent_for(run: FlowRun, last_event: datetime | None, newest: datetime | None) -> timedelta | None:
+    """How long the run had been silent when the newest stored event occurred: since its last
+    stored event or the start of its state, whichever is later. None without a newest event."""
+    assert run.state is not None
+    if newest is None:
+        return None
+    last = max(run.state.timestamp, last_event) if last_event is not None else run.state.timestamp
+    return newest - last
+
+
+def take_over(client: SyncPrefectClient, run: FlowRun, why: str) -> FlowRun | None:
+    """Moves a run nobody works on (not started, or silent) to Crashed, so that no process runs it
+    beside its event's new run. None when done; otherwise the run as it is now, claimed, started
+    or changed meanwhile (live)."""
     current = client.read_flow_run(run.id)
     if current.state is None or run.state is None or current.state.id != run.state.id:
         return current
-    message = (f"not started within {NOT_STARTED_WITHIN.total_seconds():g} s; resumed by "
-               f"{FLOW_NAME} run {this_run.name} ({this_run.id}), which logs the new run")
+    message = f"{why}; resumed by {FLOW_NAME} run {this_run.name} ({this_run.id}), which logs the new run"
     if current.state.type == StateType.SCHEDULED:
         # Claimed as the dispatcher claims a run: the server refuses if another process claimed it
         # first, and a claim whose reply was lost is still ours.
@@ -181,11 +245,11 @@ def take_over(client: SyncPrefectClient, run: FlowRun) -> FlowRun | None:
     return None
 
 
-def history(previous: FlowRun | None, crashed: list[FlowRun]) -> str:
+def history(previous: FlowRun | None, crashed: list[tuple[FlowRun, str]]) -> str:
     """What became of the event's runs, for the log line."""
-    ended = {run.id for run in crashed}
+    ended = {run.id for run, _ in crashed}
     said = ([] if previous is not None and previous.id in ended else
             ["never announced" if previous is None else f"previous run {previous.id} {state_name(previous)}"])
     return "; ".join(said + [
-        f"{'previous ' if previous is not None and run.id == previous.id else ''}run {run.id} not started "
-        f"({state_name(run)} over {NOT_STARTED_WITHIN.total_seconds():g} s), now Crashed" for run in crashed])
+        f"{'previous ' if previous is not None and run.id == previous.id else ''}run {run.id} "
+        f"{state_name(run)}, {why}, now Crashed" for run, why in crashed])

@@ -1,11 +1,12 @@
 """The Prefect reads resume-dispatch decides from: an event's latest send run and its live runs,
-found by the `broadcast_event_id` parameter, every page of them."""
+found by the `broadcast_event_id` parameter, every page of them; and the last sign of life of a
+Running run, from the events Prefect has stored."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from prefect.client.orchestration import SyncPrefectClient
@@ -18,6 +19,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
+from prefect.events.filters import EventFilter, EventOccurredFilter, EventResourceFilter
 from prefect.exceptions import ObjectNotFound
 
 from broadcasts.resume import Unfinished
@@ -26,6 +28,7 @@ LIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateT
 # Runs for an event are created after it is written; this allows for the writer's clock.
 CLOCK_MARGIN = timedelta(hours=1)
 PAGE = 200  # the API's largest page
+EVENTS_PAGE = 50  # the events API's largest page
 
 
 def deployment_id(client: SyncPrefectClient, name: str) -> uuid.UUID | None:
@@ -92,3 +95,21 @@ def as_uuid(value: Any) -> uuid.UUID | None:
 
 def state_name(run: FlowRun) -> str:
     return run.state.name if run.state is not None else str(run.state_name)
+
+
+def signs_of_life(client: SyncPrefectClient, runs: list[FlowRun]) -> tuple[datetime | None, dict[uuid.UUID, datetime]]:
+    """The time of the newest event Prefect has stored, and for each run the time of the newest
+    stored event about it (its heartbeats and state changes) since its current state began.
+    The first is the clock the second is read against: events reach the store late when the
+    server is busy, and a run is silent only if the store has moved on without it."""
+    since = min(run.state.timestamp for run in runs if run.state is not None)
+    newest = client.read_events(EventFilter(occurred=EventOccurredFilter(since=since)), limit=1).events
+    latest: dict[uuid.UUID, datetime] = {}
+    for start in range(0, len(runs), EVENTS_PAGE):
+        batch = {f"prefect.flow-run.{run.id}": run.id for run in runs[start:start + EVENTS_PAGE]}
+        page = client.read_events(EventFilter(
+            occurred=EventOccurredFilter(since=since),
+            resource=EventResourceFilter(id=list(batch), distinct=True),  # the newest event of each
+        ), limit=EVENTS_PAGE)
+        latest.update({batch[event.resource.id]: event.occurred for event in page.events})
+    return (newest[0].occurred if newest else None), latest

@@ -1,7 +1,8 @@
 """resume-dispatch against the real Prefect server, the simulator and `broadcasts serve`: an event
 that was never announced, or whose run died, gets one new run after the grace period; an event
 whose run is still live gets none; two resumers at once create one run; a run nobody starts
-(Pending, or Scheduled past its start, for over 30 s) is marked Crashed and replaced.
+(Pending, or Scheduled past its start, for over 30 s), and a Running run whose heartbeats stopped,
+is marked Crashed and replaced.
 
 Every test has a database of its own: resume looks at every unfinished event, and the shared test
 database holds other tests' events on purpose."""
@@ -22,6 +23,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort
+from prefect.events import emit_event
 from prefect.states import AwaitingRetry, Crashed, Late, Pending, Running, Scheduled
 from sqlalchemy import Engine, select
 
@@ -31,6 +33,7 @@ from broadcasts.migrate import upgrade
 from broadcasts.models import RETURNED_ACK, BroadcastEvent, utcnow
 from broadcasts.providers import get_provider
 from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT, idempotency_key
+import flows.resume_dispatch
 from flows.resume_dispatch import NOT_STARTED_WITHIN, resume_dispatch, take_over
 from tests.conftest import backend
 from tests.support.polling import wait_until
@@ -303,7 +306,7 @@ def test_a_run_left_pending_is_crashed_after_30_s_and_its_event_sent_by_a_new_ru
     reason = "never dispatched: no provider message"
     assert resume_lines(caplog) == [
         f"not resuming event {event_id}: {reason}; run {stuck} is Pending",
-        f"resuming event {event_id}: {reason}; previous run {stuck} not started (Pending over 30 s), "
+        f"resuming event {event_id}: {reason}; previous run {stuck} Pending, not started within 30 s, "
         f"now Crashed → run {resumed.id}",
     ]
 
@@ -326,9 +329,50 @@ def test_a_run_left_scheduled_past_its_start_is_crashed_and_replaced(db, deploye
     assert str(first.id) == unclaimed and read_run(unclaimed).state.is_crashed()
     assert resumed.idempotency_key == f"{idempotency_key(event_id)}:resume:{unclaimed}"
     assert resume_lines(caplog) == [
-        f"resuming event {event_id}: never dispatched: no provider message; previous run {unclaimed} not "
-        f"started ({make_state().name} over 30 s), now Crashed → run {resumed.id}",
+        f"resuming event {event_id}: never dispatched: no provider message; previous run {unclaimed} "
+        f"{make_state().name}, not started within 30 s, now Crashed → run {resumed.id}",
     ]
+
+
+def test_a_running_run_silent_past_its_heartbeats_is_crashed_and_replaced_and_a_beating_one_is_not(
+        db, deployed, caplog, monkeypatch):
+    """The zombie automation missed a dead run (its events late, its services down): resume judges
+    silence itself, on the clock of the newest stored event. Prefect allows no heartbeat under
+    30 s, so this run's allowance is cut to 2 s here (production's is in test_resume_silence.py)."""
+    monkeypatch.setattr(flows.resume_dispatch, "heartbeat_silence", lambda settings: timedelta(seconds=2))
+    dead_event, beating_event = written_ago(db), written_ago(db)
+    under_way(db, dead_event, "ee", acknowledged=("three", "o2", "vodafone"))
+    dead, beating = (start_scheduled(e, Scheduled()) for e in (dead_event, beating_event))
+    for run_id in (dead, beating):
+        claim(run_id)
+        set_state(run_id, Running())
+    time.sleep(3)
+    heartbeat = emit_event("prefect.flow-run.heartbeat", resource={"prefect.resource.id": f"prefect.flow-run.{beating}"})
+    assert heartbeat is not None
+    wait_until(lambda: stored_event(heartbeat.id), 30, "the heartbeat to be stored")
+
+    with caplog.at_level(logging.INFO):
+        state = run_resume()
+    assert state.is_completed() and state.message == "resumed 1 event"
+    [first, resumed] = runs_for(dead_event)
+    assert str(first.id) == dead and read_run(dead).state.is_crashed()
+    message = read_run(dead).state.message
+    assert message.startswith("no heartbeat for ") and "; resumed by resume-dispatch run " in message, message
+    assert resumed.idempotency_key == f"{idempotency_key(dead_event)}:resume:{dead}"
+    assert read_run(beating).state.is_running() and [str(r.id) for r in runs_for(beating_event)] == [beating]
+    silent_for = message.removeprefix("no heartbeat for ").split(";")[0]
+    assert sorted(resume_lines(caplog)) == sorted([
+        f"resuming event {dead_event}: ee not acknowledged (ee sending); previous run {dead} Running, "
+        f"no heartbeat for {silent_for}, now Crashed → run {resumed.id}",
+        f"not resuming event {beating_event}: never dispatched: no provider message; run {beating} is Running",
+    ])
+
+
+def stored_event(event_id: uuid.UUID) -> bool:
+    from prefect.events.filters import EventFilter, EventIDFilter
+
+    with get_client(sync_client=True) as client:
+        return bool(client.read_events(EventFilter(id=EventIDFilter(id=[event_id])), limit=1).events)
 
 
 def test_a_retry_scheduled_for_later_and_a_run_due_just_now_are_left_alone(db, deployed, caplog):
@@ -356,7 +400,7 @@ def test_a_run_claimed_or_started_after_it_was_read_is_not_crashed(db, deployed)
     set_state(started, Running())  # and its process starts it
 
     with get_client(sync_client=True) as client:
-        found = {run_id: take_over(client, run) for run_id, run in seen.items()}
+        found = {run_id: take_over(client, run, "not started within 30 s") for run_id, run in seen.items()}
     assert {run_id: run.state.name for run_id, run in found.items() if run is not None} == {
         claimed: "Pending", started: "Running"}
     assert read_run(claimed).state.is_pending() and read_run(started).state.is_running()
