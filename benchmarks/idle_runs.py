@@ -56,9 +56,9 @@ def main() -> int:
         from broadcasts.db import unit_of_work
         from broadcasts.status import event_status
         from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT, idempotency_key
-        from deployments.definitions import register_alert_deployments
+        from deployments.definitions import register_warm_deployments
 
-        register_alert_deployments()
+        register_warm_deployments()
         dispatcher = stack.start(exits, "dispatcher", [BROADCASTS, "dispatcher"], dict(os.environ))
         dispatcher.wait_for_line("dispatching:", 180)
         bench = Bench(stack)

@@ -227,12 +227,13 @@ def serve_command(
     webhook_host: Annotated[str, typer.Option(help="Interface the webhook listens on.")] = "127.0.0.1",
     webhook_port: Annotated[int, typer.Option(help="Port the webhook listens on.", min=1, max=65535)] = 8000,
     dispatcher: Annotated[bool, typer.Option(
-        help="Run alert runs in this process the moment they are created. With --no-dispatcher "
-        "Prefect's runner starts each in a new process after a poll: 1-2 s later per alert.")] = True,
+        help="Run alert runs in this process the moment they are created, and resume and expiry runs "
+        "once due. With --no-dispatcher Prefect's runner starts each in a new process after a poll: "
+        "1-2 s later per alert.")] = True,
 ) -> None:
     """Run the service on this machine against PREFECT_API_URL: bootstrap, the webhook, alert runs
-    started in this process as soon as they are created (see `dispatcher`), and resume, expiry and
-    link tests on their schedules, until SIGTERM or Ctrl-C."""
+    started in this process as soon as they are created (see `dispatcher`), resume and expiry on
+    their schedules in this process too, and link tests on theirs, until SIGTERM or Ctrl-C."""
     from deployments import serve
 
     config = settings()
@@ -250,8 +251,9 @@ def dispatcher_command(
         help="Runs starting at once (default 64): a run counts for its first 10 s, so runs retrying a network "
              "that is down leave room for new alerts, up to 256 runs in all.", min=1)] = None,
 ) -> None:
-    """Run alert runs in this process as soon as they are created, and nothing else (`serve` does
-    this too); add one on another machine for capacity: each run is claimed by one process only.
+    """Run alert runs in this process as soon as they are created, and resume and expiry runs once
+    due (`serve` does this too); add one on another machine for capacity: each run is claimed by
+    one process only.
 
     SIGTERM or Ctrl-C: takes no more runs and finishes those under way; a second signal ends it
     at once (its runs are then recovered as after a crash)."""

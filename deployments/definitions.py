@@ -1,6 +1,7 @@
 """The deployments this service runs: their names, descriptions, schedules and trigger, and which
-of them are alert deployments (run by the warm dispatcher, deployments/dispatcher.py, the moment a
-run is created; the Runner serves the others, each run in a fresh process).
+of them the warm dispatcher (deployments/dispatcher.py) runs in its own process: the alert
+deployments the moment a run is created, resume-dispatch and expire-broadcasts when a scheduled
+run falls due. The Runner serves link-tests, each run in a fresh process.
 
 The same deployments are in `prefect.yaml` for `prefect deploy --all` and workers on the pool
 `broadcasts`; tests/deployments/test_prefect_yaml.py checks the two agree. With several machines,
@@ -47,14 +48,19 @@ LINK_TESTS_DESCRIPTION = (
     "the table artifact 'link-tests' shows each route's result and latency. Never two at once."
 )
 
-# The alert deployments (full names, flow/deployment) and their flows: run by the dispatcher, not
-# polled by the Runner.
+# The alert deployments (full names, flow/deployment) and their flows, which the webhook, the
+# trigger and the UI start runs of.
 ALERT_DEPLOYMENTS: dict[str, Flow] = {SEND_EVENT_DEPLOYMENT: send_broadcast_event,
                                       SEND_PROVIDER_DEPLOYMENT: send_provider_message}
+# What the dispatcher runs in its process, not the Runner: the alert deployments, and the two
+# scheduled flows that only read the databases and the API. As Runner runs, each of those cost a
+# fresh Python process, about 3 s of CPU, every interval (and 9 s to start on a loaded machine).
+WARM_DEPLOYMENTS: dict[str, Flow] = {**ALERT_DEPLOYMENTS, f"{RESUME_FLOW}/{RESUME_FLOW}": resume_dispatch,
+                                     f"{EXPIRY_FLOW}/{EXPIRY_FLOW}": expire_broadcasts}
 
 
-def is_alert(deployment: RunnerDeployment) -> bool:
-    return f"{deployment.flow_name}/{deployment.name}" in ALERT_DEPLOYMENTS
+def is_warm(deployment: RunnerDeployment) -> bool:
+    return f"{deployment.flow_name}/{deployment.name}" in WARM_DEPLOYMENTS
 
 
 def event_created_trigger() -> DeploymentEventTrigger:
@@ -96,10 +102,10 @@ def deployments() -> list[RunnerDeployment]:
     ]
 
 
-def register_alert_deployments() -> None:
-    """Registers (or updates) the alert deployments, which the dispatcher runs."""
+def register_warm_deployments() -> None:
+    """Registers (or updates) the deployments the dispatcher runs, with their schedules."""
     for deployment in deployments():
-        if is_alert(deployment):
+        if is_warm(deployment):
             deployment.apply()
 
 

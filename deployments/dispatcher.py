@@ -1,5 +1,6 @@
 """`broadcasts dispatcher`: a warm process that runs each alert run in-process the moment it is
-created, instead of after a poll and a fresh Python process (about 1.8 s to the 4th network).
+created, instead of after a poll and a fresh Python process (about 1.8 s to the 4th network); and
+the scheduled runs of resume-dispatch and expire-broadcasts once due, for the same saving.
 
 Every run stays a normal run of its deployment (`send-broadcast-event`, `send-provider-message`):
 the webhook, the trigger, resume-dispatch and the UI create it as before, and this process runs it
@@ -78,7 +79,7 @@ from sqlalchemy import text
 from broadcasts.cbc_proxy import get_proxy
 from broadcasts.db import get_engine, unit_of_work
 from broadcasts.settings import get_settings
-from deployments.definitions import ALERT_DEPLOYMENTS
+from deployments.definitions import WARM_DEPLOYMENTS
 from deployments.prefect_api import client_settings
 from tasks.claim import ClaimRules, DueSoon, Left
 
@@ -89,18 +90,19 @@ CLAIM_EVENTS = ["prefect.flow-run.Scheduled", "prefect.flow-run.AwaitingRetry"]
 SOON = timedelta(seconds=POLL_SECONDS)
 
 
-def _unnamed(alert_flow: Any) -> Any:
+def _unnamed(warm_flow: Any) -> Any:
     """The flow as this process runs it: its result persisted, which makes the server refuse
     Completed -> Pending (see above); and without its run-name template, with which the engine
     renames every run just before it starts, one more API call on the way to the networks. Runs
     come named from the webhook and resume-dispatch; others are renamed here, off that way."""
-    unnamed = alert_flow.with_options(persist_result=True)
+    unnamed = warm_flow.with_options(persist_result=True)
     unnamed.flow_run_name = None
     return unnamed
 
 
-ALERT_FLOWS = {name: _unnamed(alert_flow) for name, alert_flow in ALERT_DEPLOYMENTS.items()}
-RUN_NAMES = {name: alert_flow.flow_run_name for name, alert_flow in ALERT_DEPLOYMENTS.items()}
+WARM_FLOWS = {name: _unnamed(warm_flow) for name, warm_flow in WARM_DEPLOYMENTS.items()}
+# Each flow's run-name template, by flow name (the engine's own, which the flows above go without).
+RUN_NAMES = {named.name: named.flow_run_name for named in WARM_DEPLOYMENTS.values() if named.flow_run_name}
 
 logger = get_logger("broadcasts.dispatcher")
 
@@ -149,7 +151,7 @@ def _warm_up() -> None:
 
 
 class Dispatcher:
-    """Claims and runs the alert deployments' runs; `start()` returns once it listens."""
+    """Claims and runs the warm deployments' runs; `start()` returns once it listens."""
 
     def __init__(self, max_runs: int | None = None, poll_seconds: float = POLL_SECONDS,
                  max_held: int = MAX_HELD, start_seconds: float = START_SECONDS) -> None:
@@ -157,7 +159,6 @@ class Dispatcher:
         self.max_held = max(max_held, self.max_runs)
         self.poll_seconds, self.start_seconds = poll_seconds, start_seconds
         self._flows: dict[uuid.UUID, Any] = {}
-        self._run_names: dict[uuid.UUID, str] = {}  # each deployment's run-name template
         self._renamer: ThreadPoolExecutor | None = None
         self._rules = ClaimRules(self._flows, SOON)  # reads the deployments as start() finds them
         self._stopping = threading.Event()
@@ -172,11 +173,10 @@ class Dispatcher:
         """Finds the deployments, warms up, then listens and polls. Returns the deployment names."""
         storage = _result_storage()
         with get_client(sync_client=True) as client:
-            for name, alert_flow in ALERT_FLOWS.items():
+            for name, warm_flow in WARM_FLOWS.items():
                 try:
                     deployment_id = client.read_deployment_by_name(name).id
-                    self._flows[deployment_id] = alert_flow.with_options(result_storage=storage)
-                    self._run_names[deployment_id] = RUN_NAMES[name]
+                    self._flows[deployment_id] = warm_flow.with_options(result_storage=storage)
                 except ObjectNotFound:
                     raise ObjectNotFound(http_exc=None, help_message=(
                         f"the deployment {name} is not registered: run `broadcasts serve` once, or "
@@ -189,7 +189,7 @@ class Dispatcher:
                     _warmed_up.set()
                 else:  # only the first alert is slower
                     logger.warning("the warm-up run failed (see its logs); dispatching without it")
-            self._pool = ThreadPoolExecutor(self.max_held, thread_name_prefix="alert-run",
+            self._pool = ThreadPoolExecutor(self.max_held, thread_name_prefix="run",
                                             initializer=self._prepare_worker, initargs=(contextvars.copy_context(),))
             self._renamer = ThreadPoolExecutor(1, thread_name_prefix="run-names", initializer=self._prepare_worker,
                                                initargs=(contextvars.copy_context(),))
@@ -198,7 +198,7 @@ class Dispatcher:
                                           name=f"dispatcher{target.__name__}", daemon=True)
                 thread.start()
                 self._threads.append(thread)
-        return list(ALERT_FLOWS)
+        return list(WARM_FLOWS)
 
     def stop(self) -> None:
         """Stops claiming, drops the runs not yet claimed (still Scheduled) and waits for the rest."""
@@ -273,8 +273,8 @@ class Dispatcher:
         """Gives a run the name the engine would have (`send-broadcast-event-<id>`), in the
         background: a run made by the UI or the event trigger comes with a random one."""
         try:
-            wanted = self._run_names[run.deployment_id].format(**run.parameters)
-        except (KeyError, IndexError):  # a parameter the template names is missing: left as it is
+            wanted = RUN_NAMES[self._flows[run.deployment_id].name].format(**run.parameters)
+        except (KeyError, IndexError):  # no template, or a parameter it names is missing: left as it is
             return
         if run.name != wanted and self._renamer is not None:
             run.name = wanted
@@ -302,7 +302,7 @@ class Dispatcher:
                     due = client.get_scheduled_flow_runs_for_deployments(
                         list(self._flows), scheduled_before=datetime.now(timezone.utc), limit=100)
                 except Exception as error:  # the API may be restarting; the next poll tries again
-                    logger.warning("polling for scheduled alert runs: %s", error)
+                    logger.warning("polling for scheduled runs: %s", error)
                     continue
                 for run in due:
                     self.offer(run.id)
@@ -329,12 +329,12 @@ class Dispatcher:
                     async for event in events:
                         self.offer(uuid.UUID(event.resource.id.rsplit(".", 1)[-1]))
             except Exception as error:  # the poll covers the gap; the subscriber replays a minute
-                logger.warning("listening for alert runs: %s; reconnecting", error)
+                logger.warning("listening for runs: %s; reconnecting", error)
                 await asyncio.sleep(1)
 
 
 def _result_storage() -> Any:
-    """Where the alert flows keep their results: what Prefect would choose for each run, asked of
+    """Where the warm flows keep their results: what Prefect would choose for each run, asked of
     the server once. Left to Prefect, every run asked the server twice (GET /admin/storage) before
     it started; a server default storage set later takes effect when the dispatcher restarts."""
     storage = get_default_result_storage()
@@ -362,10 +362,10 @@ def _rename(run_id: uuid.UUID, name: str) -> None:
 def _finish_if_cancelled(client: SyncPrefectClient, run: FlowRun) -> None:
     if client.read_flow_run(run.id).state.type == StateType.CANCELLING:
         event_id = run.parameters.get("broadcast_event_id")
-        client.set_flow_run_state(run.id, Cancelled(
-            message="cancelled by an operator: a send not yet acknowledged stops at its next retry and "
-            f"ends technical-failure; see `broadcasts status {event_id}` (`broadcasts replay {event_id} "
-            "PROVIDER` sends one again)"))
+        client.set_flow_run_state(run.id, Cancelled(message="cancelled by an operator" + (
+            ": a send not yet acknowledged stops at its next retry and ends technical-failure; see "
+            f"`broadcasts status {event_id}` (`broadcasts replay {event_id} PROVIDER` sends one again)"
+            if event_id else "")))
 
 
 @contextmanager
@@ -394,7 +394,7 @@ def run_until_signalled(max_runs: int | None, echo: Callable[[str], object]) -> 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     with dispatching(max_runs) as dispatcher:
-        echo(f"dispatching: {', '.join(ALERT_FLOWS)} (up to {dispatcher.max_runs} runs starting at once, "
+        echo(f"dispatching: {', '.join(WARM_FLOWS)} (up to {dispatcher.max_runs} runs starting at once, "
              f"{dispatcher.max_held} in all)")
         while not stop.wait(1):
             pass

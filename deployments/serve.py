@@ -1,9 +1,9 @@
 """`broadcasts serve`: the one-machine topology. Bootstrap, then the webhook (unless told not to)
 and every deployment (deployments/definitions.py) served from this process against
 `PREFECT_API_URL`, until SIGTERM/SIGINT: the alert deployments run by the warm dispatcher in this
-process (deployments/dispatcher.py) the moment a run is created, resume-dispatch,
-expire-broadcasts and link-tests by Prefect's Runner on their schedules, each run in a fresh
-process.
+process (deployments/dispatcher.py) the moment a run is created, and resume-dispatch and
+expire-broadcasts when their scheduled runs fall due; link-tests by Prefect's Runner on its
+schedule, each run in a fresh process.
 """
 
 from __future__ import annotations
@@ -82,28 +82,28 @@ def run(settings: Settings, *, webhook: tuple[str, int] | None, dispatcher: bool
 
 def serve_all(on_ready: Callable[[list[str]], object] = lambda served: None, limit: int | None = None,
               dispatcher: bool = True) -> None:
-    """Serves every deployment until SIGTERM or SIGINT, the alert ones through the dispatcher
-    (or, `dispatcher=False`, through the Runner like the others: a poll and a new process per
-    run). `on_ready` gets the deployment names once they are registered and the dispatcher
-    listens, before the Runner's first poll. On a signal the Runner stops first, then the
-    dispatcher drains the alert runs it started."""
+    """Serves every deployment until SIGTERM or SIGINT, the warm ones (the alert deployments,
+    resume-dispatch, expire-broadcasts) through the dispatcher (or, `dispatcher=False`, through the
+    Runner like link-tests: a poll and a new process per run). `on_ready` gets the deployment
+    names once they are registered and the dispatcher listens, before the Runner's first poll. On
+    a signal the Runner stops first, then the dispatcher drains the runs it started."""
     import signal
 
     from prefect.runner import Runner
 
     from deployments.dispatcher import dispatching
-    from deployments.definitions import deployments, is_alert, register_alert_deployments
+    from deployments.definitions import deployments, is_warm, register_warm_deployments
 
     def runner() -> Runner:
         made = Runner(limit=limit)
         for deployment in deployments():
-            if not (dispatcher and is_alert(deployment)):
+            if not (dispatcher and is_warm(deployment)):
                 made.add_deployment(deployment)  # registers it with the server now
         return made
 
     with client_settings():
         if dispatcher:
-            register_alert_deployments()  # for the webhook, the trigger and the UI
+            register_warm_deployments()  # for the webhook, the trigger, the scheduler and the UI
         first = runner()
         served = [f"{deployment.flow_name}/{deployment.name}" for deployment in deployments()]
         with dispatching() if dispatcher else nullcontext():

@@ -82,7 +82,7 @@ class ClaimRules:
     def claim(self, client: SyncPrefectClient, run_id: uuid.UUID) -> Claimed | DueSoon | Left:
         run = client.read_flow_run(run_id)
         if run.deployment_id not in self.deployments:
-            return Left("not an alert deployment's run")
+            return Left("not a run of a deployment this dispatcher runs")
         if run.state is None or run.state.type != StateType.SCHEDULED:
             return Left(f"{run.state.name if run.state else 'no state'}: already taken or ended")
         due = run.state.state_details.scheduled_time or run.expected_start_time

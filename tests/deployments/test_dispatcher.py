@@ -21,8 +21,8 @@ from prefect.client.schemas.responses import SetStateStatus
 from prefect.states import AwaitingRetry, Pending, Scheduled
 
 from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT
-from deployments.dispatcher import ALERT_FLOWS, RUN_NAMES, dispatching
-from deployments.definitions import register_alert_deployments
+from deployments.dispatcher import RUN_NAMES, WARM_FLOWS, dispatching
+from deployments.definitions import register_warm_deployments
 from tests.conftest import PROJECT_ROOT, backend
 from tests.deployments.serving import BROADCASTS, start_run, wait_for_runs
 from tests.factories import make_alert
@@ -35,7 +35,7 @@ PROVIDERS = ["ee", "three", "o2", "vodafone"]
 
 @pytest.fixture(scope="module")
 def alert_deployments(prefect_server):  # type: ignore[no-untyped-def]
-    register_alert_deployments()
+    register_warm_deployments()
 
 
 def states_of(run_ids: list[str]) -> dict[str, str]:
@@ -201,6 +201,6 @@ def test_the_dispatcher_runs_the_alert_flows_without_a_run_name_template_and_nam
     """The engine renames a run with its flow's template just before it starts: an API call on
     the way to the networks, which the dispatcher leaves out (its runs come named, or it names
     them in the background: the test above starts its run without a name)."""
-    assert all(alert_flow.flow_run_name is None for alert_flow in ALERT_FLOWS.values())
-    assert RUN_NAMES == {SEND_EVENT_DEPLOYMENT: "send-broadcast-event-{broadcast_event_id}",
-                         "send-provider-message/send-provider-message": "send-provider-message-{provider}-{broadcast_event_id}"}
+    assert all(warm_flow.flow_run_name is None for warm_flow in WARM_FLOWS.values())
+    assert RUN_NAMES == {"send-broadcast-event": "send-broadcast-event-{broadcast_event_id}",
+                         "send-provider-message": "send-provider-message-{provider}-{broadcast_event_id}"}

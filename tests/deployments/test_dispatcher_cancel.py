@@ -17,7 +17,7 @@ from broadcasts.models import utcnow
 from broadcasts.resume import events_to_dispatch
 from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT
 from deployments.dispatcher import dispatching
-from deployments.definitions import register_alert_deployments
+from deployments.definitions import register_warm_deployments
 from tests.deployments.serving import start_run, wait_for_runs
 from tests.factories import make_alert, make_event, make_message, make_service
 from tests.flows.helpers import calls_for, statuses
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server", "alert_deployments")
 
 @pytest.fixture(scope="module")
 def alert_deployments(prefect_server):  # type: ignore[no-untyped-def]
-    register_alert_deployments()
+    register_warm_deployments()
 
 
 def runs_for(event_id: object) -> list[str]:

@@ -12,7 +12,7 @@ from prefect.client.orchestration import get_client
 from prefect.states import Cancelling
 
 from deployments.dispatcher import dispatching
-from deployments.definitions import register_alert_deployments
+from deployments.definitions import register_warm_deployments
 from tests.deployments.serving import start_run, wait_for_runs
 from tests.factories import make_event, make_message, make_service
 from tests.flows.helpers import statuses
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server", "alert_deployments")
 
 @pytest.fixture(scope="module")
 def alert_deployments(prefect_server):  # type: ignore[no-untyped-def]
-    register_alert_deployments()
+    register_warm_deployments()
 
 
 @pytest.fixture

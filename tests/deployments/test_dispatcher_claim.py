@@ -14,8 +14,8 @@ from prefect.states import Cancelled, Cancelling, Pending
 
 from flows.send_broadcast_event import DEPLOYMENT_NAME as SEND_EVENT_DEPLOYMENT
 from tasks.claim import propose_pending
-from deployments.dispatcher import ALERT_FLOWS, Dispatcher, _finish_if_cancelled
-from deployments.definitions import register_alert_deployments
+from deployments.dispatcher import WARM_FLOWS, Dispatcher, _finish_if_cancelled
+from deployments.definitions import register_warm_deployments
 from deployments.prefect_api import client_settings
 from tests.deployments.serving import start_run
 from tests.factories import make_alert
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server", "alert_deployments")
 
 @pytest.fixture(scope="module")
 def alert_deployments(prefect_server):  # type: ignore[no-untyped-def]
-    register_alert_deployments()
+    register_warm_deployments()
 
 
 class LosesTheFirstReplyToSetState(httpx.HTTPTransport):
@@ -62,7 +62,7 @@ def test_a_claim_whose_reply_was_lost_is_still_the_dispatchers_claim(environment
     dispatcher = Dispatcher()  # not started: only its claim is exercised
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name(SEND_EVENT_DEPLOYMENT)
-    dispatcher._flows[deployment.id] = ALERT_FLOWS[SEND_EVENT_DEPLOYMENT]
+    dispatcher._flows[deployment.id] = WARM_FLOWS[SEND_EVENT_DEPLOYMENT]
     transport = LosesTheFirstReplyToSetState()
     try:
         with get_client(httpx_settings={"transport": transport}, sync_client=True) as lossy:
@@ -100,7 +100,7 @@ def test_the_engine_does_not_start_a_run_cancelled_between_its_claim_and_its_sta
         assert propose_pending(client, run_id) is not None
         assert client.set_flow_run_state(run_id, Cancelling()).state.type.value == "CANCELLING"  # the UI's Cancel
         run = client.read_flow_run(run_id)
-        run_flow(ALERT_FLOWS[SEND_EVENT_DEPLOYMENT], flow_run=run, parameters=run.parameters,
+        run_flow(WARM_FLOWS[SEND_EVENT_DEPLOYMENT], flow_run=run, parameters=run.parameters,
                  return_type="state")
         assert sim.invocations() == [] and state_types(run_id) == ["SCHEDULED", "PENDING", "CANCELLING"]
         _finish_if_cancelled(client, run)
