@@ -56,9 +56,10 @@ POST_SPACING_SECONDS = 0.05  # a burst: 20 posts over about a second
 FAULT_AFTER_POSTS = 6
 # How long the service API keeps calling again after a 503 or a dropped connection.
 POST_PATIENCE_SECONDS = 60
-# A dead dispatcher's runs: 2 missed 30 s heartbeats (tests/ha/conftest.py), the automation, a 20 s
-# resume interval: about 70 s alone, but up to 300 s seen while the rest of the suite ran beside the stack. A bound to
-# catch a stall, not a target (the times are printed).
+# A dead dispatcher's runs: 2 missed 30 s heartbeats (tests/ha/conftest.py), the automation (or
+# resume-dispatch's own verdict one heartbeat later), a 5 s resume interval: about 70-100 s alone,
+# up to 300 s seen while the rest of the suite ran beside the stack. A bound to catch a stall, not
+# a target (the times are printed).
 SETTLE_SECONDS = 480
 
 

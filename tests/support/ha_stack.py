@@ -65,9 +65,9 @@ class HAStack:
     api_urls: dict[str, str] = field(default_factory=dict)
     webhook_urls: dict[str, str] = field(default_factory=dict)
     simulator_url: str = ""
-    # Each resume run is a fresh process under `serve` (about 5 s of CPU to import Prefect here);
-    # every 10 s, that starved the rest of the stack on a 2-core machine.
-    resume_interval_seconds: float = 20
+    # The dispatchers run resume in-process (a fresh process for each, 5 s of CPU here, had starved
+    # the stack at 10 s): often, so that a recovery waits on the heartbeats, not on the schedule.
+    resume_interval_seconds: float = 5
     missed_heartbeats: int = DEFAULT_MISSED_HEARTBEATS  # CRASHED_AFTER_MISSED_HEARTBEATS
     processes: dict[str, Process] = field(default_factory=dict)
     _specs: dict[str, _Spec] = field(default_factory=dict)
@@ -95,8 +95,8 @@ class HAStack:
             "WEBHOOK_SECRET": self.webhook_secret,
             "RESUME_INTERVAL_SECONDS": str(self.resume_interval_seconds),
             "CRASHED_AFTER_MISSED_HEARTBEATS": str(self.missed_heartbeats),
-            # expire-broadcasts hourly, not every minute: each run is a process of its own, load
-            # on a small machine that this suite (alerts through failing replicas) does not test.
+            # expire-broadcasts hourly, not every minute: this suite (alerts through failing
+            # replicas) does not test it.
             "EXPIRY_INTERVAL_SECONDS": "3600",
         }
 
