@@ -68,19 +68,30 @@ class Burst:
     two webhooks alternately, each post called again (as the service API does) while it gets a
     503 or no answer."""
 
-    def __init__(self, ha: HAStack, broadcasts: int = BROADCASTS) -> None:
+    def __init__(self, ha: HAStack, broadcasts: int = BROADCASTS, updates: bool = True) -> None:
+        """`updates`: write each alert's update now; without, `write_update` writes it later."""
         self.ha = ha
         # No pool: each test's Burst would otherwise keep its idle connections open for the rest of
         # the module, and with the stack's own they ran PostgreSQL out of its 100 connections.
         self.engine = create_engine(driver_url(ha.app_database_url), poolclass=NullPool)
-        service = make_service(self.engine, providers=list(PROVIDERS))
+        self.service = make_service(self.engine, providers=list(PROVIDERS))
         self.events: list[tuple[uuid.UUID, uuid.UUID]] = []  # (alert, update) per broadcast
+        self.messages: dict[uuid.UUID, uuid.UUID] = {}  # each alert's broadcast message
         for _ in range(broadcasts):
-            message = make_message(self.engine, service)
-            alert = make_event(self.engine, service, message)
-            self.events.append((alert, make_event(self.engine, service, message, message_type="update")))
+            message = make_message(self.engine, self.service)
+            alert = make_event(self.engine, self.service, message)
+            self.messages[alert] = message
+            if updates:
+                self.events.append((alert, make_event(self.engine, self.service, message, message_type="update")))
         self.answers: dict[uuid.UUID, tuple[int, dict[str, Any]]] = {}
         self.retried_posts = 0
+
+    def write_update(self, alert: uuid.UUID) -> uuid.UUID:
+        """The alert's update, written now as the service API writes it (a Burst made without
+        updates): until then, nothing of the message waits behind the alert."""
+        update = make_event(self.engine, self.service, self.messages[alert], message_type="update")
+        self.events.append((alert, update))
+        return update
 
     @property
     def event_ids(self) -> list[uuid.UUID]:
@@ -309,8 +320,8 @@ def test_a_dispatcher_killed_mid_send_is_marked_crashed_once_and_resumed_once(ha
     Prefect's stored events, marks it Crashed once and starts one new run, and ee gets its first
     identifier again; the alert's update, posted then, follows it. (The automation's own path:
     tests/faults/test_recovery.py.)"""
-    burst = Burst(ha, broadcasts=1)
-    alert, update = burst.events[0]
+    burst = Burst(ha, broadcasts=1, updates=False)
+    [alert] = burst.messages
     simulator = SimulatorClient(ha.simulator_url)
     earlier = len(simulator.invocations())  # the module's stack keeps the earlier tests' calls
     simulator.fault("ee-1-proxy", hang=True, times=1)  # never answered
@@ -333,13 +344,14 @@ def test_a_dispatcher_killed_mid_send_is_marked_crashed_once_and_resumed_once(ha
     ha.kill(owner)
     killed_at = time.time()
     try:
-        # The update goes once the alert is back: posted now, it would wait behind the alert with
-        # the retry schedule's growing waits (up to 128 s more after the 2 minutes of recovery).
+        # The update is written and posted once the alert is back. Written before, resume-dispatch
+        # starts it after its grace period, and it waits behind the alert with the retry schedule's
+        # growing waits (60 s more after the recovery, seen).
         survivor = next(name for name in DISPATCHERS if name != owner)
         wait_until(lambda: {s.status for s in statuses(burst.engine, alert).values()} == {"returned-ack"},
                     SETTLE_SECONDS, f"alert {alert} to be acknowledged by every network",
                     lambda: f"{statuses(burst.engine, alert)}\n" + _what_happened(ha, [str(alert)], ("services", survivor)))
-        burst.post(update, "webhook-2")
+        burst.post(burst.write_update(alert), "webhook-2")
         burst.check(killed_at, f"{owner} SIGKILLed mid-send")
         with prefect_client(ha) as client:
             states = client.read_flow_run_states(uuid.UUID(run_id))
