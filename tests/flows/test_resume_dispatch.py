@@ -10,11 +10,12 @@ database holds other tests' events on purpose."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -338,21 +339,32 @@ def test_a_running_run_silent_past_its_heartbeats_is_crashed_and_replaced_and_a_
         db, deployed, caplog, monkeypatch):
     """The zombie automation missed a dead run (its events late, its services down): resume judges
     silence itself, on the clock of the newest stored event. Prefect allows no heartbeat under
-    30 s, so this run's allowance is cut to 2 s here (production's is in test_resume_silence.py)."""
-    monkeypatch.setattr(flows.resume_dispatch, "heartbeat_silence", lambda settings: timedelta(seconds=2))
+    30 s, so the allowance is cut to 3 s here, and the live run beats every 0.5 s (production's
+    allowance: test_resume_silence.py)."""
+    monkeypatch.setattr(flows.resume_dispatch, "heartbeat_silence", lambda settings: timedelta(seconds=3))
     dead_event, beating_event = written_ago(db), written_ago(db)
     under_way(db, dead_event, "ee", acknowledged=("three", "o2", "vodafone"))
     dead, beating = (start_scheduled(e, Scheduled()) for e in (dead_event, beating_event))
     for run_id in (dead, beating):
         claim(run_id)
         set_state(run_id, Running())
-    time.sleep(3)
-    heartbeat = emit_event("prefect.flow-run.heartbeat", resource={"prefect.resource.id": f"prefect.flow-run.{beating}"})
-    assert heartbeat is not None
-    wait_until(lambda: stored_event(heartbeat.id), 30, "the heartbeat to be stored")
+    dead_since = read_run(dead).state.timestamp
+    stop = threading.Event()
 
-    with caplog.at_level(logging.INFO):
-        state = run_resume()
+    def beat() -> None:  # as the live run's process would, every 0.5 s instead of 30
+        while not stop.wait(0.5):
+            emit_event("prefect.flow-run.heartbeat", resource={"prefect.resource.id": f"prefect.flow-run.{beating}"})
+
+    beats = in_thread(beat)
+    try:
+        # The store has moved 4.5 s past the dead run's last sign of life, carrying the live one's beats.
+        wait_until(lambda: (last_stored(beating) or dead_since) - dead_since > timedelta(seconds=4.5), 60,
+                   "the live run's heartbeats to be stored")
+        with caplog.at_level(logging.INFO):
+            state = run_resume()
+    finally:
+        stop.set()
+        beats.join(10)
     assert state.is_completed() and state.message == "resumed 1 event"
     [first, resumed] = runs_for(dead_event)
     assert str(first.id) == dead and read_run(dead).state.is_crashed()
@@ -368,11 +380,14 @@ def test_a_running_run_silent_past_its_heartbeats_is_crashed_and_replaced_and_a_
     ])
 
 
-def stored_event(event_id: uuid.UUID) -> bool:
-    from prefect.events.filters import EventFilter, EventIDFilter
+def last_stored(run_id: str) -> datetime | None:
+    """When the newest event about the run that Prefect has stored occurred."""
+    from prefect.events.filters import EventFilter, EventResourceFilter
 
     with get_client(sync_client=True) as client:
-        return bool(client.read_events(EventFilter(id=EventIDFilter(id=[event_id])), limit=1).events)
+        events = client.read_events(EventFilter(resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"])),
+                                    limit=1).events
+    return events[0].occurred if events else None
 
 
 def test_a_retry_scheduled_for_later_and_a_run_due_just_now_are_left_alone(db, deployed, caplog):
