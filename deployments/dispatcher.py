@@ -19,7 +19,8 @@ with its task runs and logs. Why no run is executed twice, or left behind:
 - a run is claimed only when a thread is free to run it now: nothing waits in a queue inside this
   process, so a run left unclaimed stays Scheduled, for another process or the next poll;
 - stopping (SIGTERM, Ctrl-C) stops claiming first, leaves runs not yet claimed Scheduled for
-  another process, and waits for the runs already claimed: nothing is left Pending;
+  another process, and waits for the runs already claimed (a run retrying a failing network: until
+  acknowledged or expired; a second signal ends the process at once): nothing is left Pending;
 - events are best effort (dropped under backlog, missed while reconnecting): a poll every second
   of due Scheduled runs catches what they miss.
 
@@ -41,9 +42,6 @@ retry and (in the background) after each failed attempt, and stops when it is Ca
 `technical-failure` with the reason (tasks/run_cancel.py), so resume-dispatch leaves it. When the
 flow ends this process marks the run Cancelled (the server refuses the flow's own final state
 after a cancel, which would leave it Cancelling until Prefect's cleanup 300 s later).
-
-Stopping waits for runs under way, which for a run retrying a failing network lasts until it is
-acknowledged or the event expires; a second signal ends the process at once (recovered as above).
 """
 
 from __future__ import annotations
@@ -79,9 +77,9 @@ from sqlalchemy import text
 from broadcasts.cbc_proxy import get_proxy
 from broadcasts.db import get_engine, unit_of_work
 from broadcasts.settings import get_settings
-from deployments.definitions import WARM_DEPLOYMENTS
+from deployments.definitions import ALERT_DEPLOYMENTS, WARM_DEPLOYMENTS
 from deployments.prefect_api import client_settings
-from tasks.claim import ClaimRules, DueSoon, Left
+from tasks.claim import ClaimRules, DueSoon, Left, without_superseded
 
 POLL_SECONDS = 1.0
 # The states the UI and the webhook put a new or retried alert run in (both of type Scheduled).
@@ -90,17 +88,17 @@ CLAIM_EVENTS = ["prefect.flow-run.Scheduled", "prefect.flow-run.AwaitingRetry"]
 SOON = timedelta(seconds=POLL_SECONDS)
 
 
-def _unnamed(warm_flow: Any) -> Any:
-    """The flow as this process runs it: its result persisted, which makes the server refuse
-    Completed -> Pending (see above); and without its run-name template, with which the engine
-    renames every run just before it starts, one more API call on the way to the networks. Runs
-    come named from the webhook and resume-dispatch; others are renamed here, off that way."""
-    unnamed = warm_flow.with_options(persist_result=True)
+def _unnamed(warm_flow: Any, alert: bool) -> Any:
+    """The flow as this process runs it: an alert flow's result persisted, so the server refuses
+    Completed -> Pending (above; not worth a file every interval for resume or expiry); and without
+    its run-name template, with which the engine renames every run just before it starts, one more
+    API call on the way to the networks. Runs come named from the webhook and resume-dispatch."""
+    unnamed = warm_flow.with_options(persist_result=alert)
     unnamed.flow_run_name = None
     return unnamed
 
 
-WARM_FLOWS = {name: _unnamed(warm_flow) for name, warm_flow in WARM_DEPLOYMENTS.items()}
+WARM_FLOWS = {name: _unnamed(warm_flow, name in ALERT_DEPLOYMENTS) for name, warm_flow in WARM_DEPLOYMENTS.items()}
 # Each flow's run-name template, by flow name (the engine's own, which the flows above go without).
 RUN_NAMES = {named.name: named.flow_run_name for named in WARM_DEPLOYMENTS.values() if named.flow_run_name}
 
@@ -296,6 +294,8 @@ class Dispatcher:
         return decision.run
 
     def _poll(self) -> None:
+        alert_flows = {alert_flow.name for alert_flow in ALERT_DEPLOYMENTS.values()}
+        repeated = {deployment for deployment, found in self._flows.items() if found.name not in alert_flows}
         with get_client(sync_client=True) as client:
             while not self._stopping.wait(self.poll_seconds):
                 try:
@@ -304,7 +304,7 @@ class Dispatcher:
                 except Exception as error:  # the API may be restarting; the next poll tries again
                     logger.warning("polling for scheduled runs: %s", error)
                     continue
-                for run in due:
+                for run in without_superseded(client, due, repeated):
                     self.offer(run.id)
 
     def _listen(self) -> None:

@@ -205,7 +205,7 @@ def silent_runs(client: SyncPrefectClient, runs: list[FlowRun], silence: timedel
     if silence is None or not running:
         return {}
     try:
-        newest, latest = signs_of_life(client, running)
+        newest, latest = signs_of_life(client, running, utcnow() - 2 * silence)
     except Exception as error:  # this round resumes what it can without the verdict
         get_run_logger().warning("could not read the runs' heartbeats (%s): no Running run is judged silent", error)
         return {}
@@ -219,7 +219,8 @@ def silent_runs(client: SyncPrefectClient, runs: list[FlowRun], silence: timedel
 
 def silent_for(run: FlowRun, last_event: datetime | None, newest: datetime | None) -> timedelta | None:
     """How long the run had been silent when the newest stored event occurred: since its last
-    stored event or the start of its state, whichever is later. None without a newest event."""
+    stored event or the start of its state, whichever is later. None without a newest event (none
+    stored in the window read: the store is that far behind, or nothing happened)."""
     assert run.state is not None
     if newest is None:
         return None

@@ -32,7 +32,10 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas import OrchestrationResult
 from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.client.schemas.responses import SetStateStatus
+from prefect.logging import get_logger
 from prefect.states import Pending, to_state_create
+
+logger = get_logger("broadcasts.dispatcher")
 
 
 def propose_pending(client: SyncPrefectClient, run_id: uuid.UUID, transition_id: uuid.UUID | None = None,
@@ -94,3 +97,29 @@ class ClaimRules:
             return Left("another process claimed it first")
         run.state = claimed
         return Claimed(run)
+
+
+def without_superseded(client: SyncPrefectClient, due: list[FlowRun], repeated: Collection[uuid.UUID]
+                       ) -> list[FlowRun]:
+    """`due` without the runs `superseded` finds, which are deleted (as Prefect's Runner deletes a
+    paused schedule's runs); one another process took or deleted first is left to it."""
+    stale = superseded(due, repeated)
+    for run in stale:
+        try:
+            client.delete_flow_run(run.id)
+        except Exception as error:  # the next poll finds it again if it is still there
+            logger.info("flow run %s: deleting it, superseded by a later run, failed: %s", run.id, error)
+    return [run for run in due if run not in stale]
+
+
+def superseded(due: list[FlowRun], repeated: Collection[uuid.UUID]) -> list[FlowRun]:
+    """The due runs of a repeated deployment (`repeated`: resume-dispatch, expire-broadcasts, whose
+    every run does the whole job) that a later due run of the same deployment makes pointless. The
+    scheduler goes on creating runs while no process takes them; after that downtime only the
+    newest needs to run, and the rest would fill the dispatcher's bounds ahead of new alerts."""
+    newest: dict[uuid.UUID, FlowRun] = {}
+    for run in due:
+        if run.deployment_id in repeated and (run.deployment_id not in newest or run.expected_start_time
+                                              > newest[run.deployment_id].expected_start_time):  # type: ignore[operator]
+            newest[run.deployment_id] = run
+    return [run for run in due if run.deployment_id in newest and run is not newest[run.deployment_id]]

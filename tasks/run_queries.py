@@ -97,12 +97,13 @@ def state_name(run: FlowRun) -> str:
     return run.state.name if run.state is not None else str(run.state_name)
 
 
-def signs_of_life(client: SyncPrefectClient, runs: list[FlowRun]) -> tuple[datetime | None, dict[uuid.UUID, datetime]]:
+def signs_of_life(client: SyncPrefectClient, runs: list[FlowRun], since: datetime
+                  ) -> tuple[datetime | None, dict[uuid.UUID, datetime]]:
     """The time of the newest event Prefect has stored, and for each run the time of the newest
-    stored event about it (its heartbeats and state changes) since its current state began.
-    The first is the clock the second is read against: events reach the store late when the
-    server is busy, and a run is silent only if the store has moved on without it."""
-    since = min(run.state.timestamp for run in runs if run.state is not None)
+    stored event about it (its heartbeats and state changes), both since `since` (the server
+    counts every matching event, so the window is kept short). The first is the clock the second
+    is read against: events reach the store late when the server is busy, and a run is silent
+    only if the store has moved on without it."""
     newest = client.read_events(EventFilter(occurred=EventOccurredFilter(since=since)), limit=1).events
     latest: dict[uuid.UUID, datetime] = {}
     for start in range(0, len(runs), EVENTS_PAGE):

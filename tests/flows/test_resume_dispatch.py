@@ -339,9 +339,9 @@ def test_a_running_run_silent_past_its_heartbeats_is_crashed_and_replaced_and_a_
         db, deployed, caplog, monkeypatch):
     """The zombie automation missed a dead run (its events late, its services down): resume judges
     silence itself, on the clock of the newest stored event. Prefect allows no heartbeat under
-    30 s, so the allowance is cut to 3 s here, and the live run beats every 0.5 s (production's
+    30 s, so the allowance is cut to 8 s here, and the live run beats every 0.5 s (production's
     allowance: test_resume_silence.py)."""
-    monkeypatch.setattr(flows.resume_dispatch, "heartbeat_silence", lambda settings: timedelta(seconds=3))
+    monkeypatch.setattr(flows.resume_dispatch, "heartbeat_silence", lambda settings: timedelta(seconds=8))
     dead_event, beating_event = written_ago(db), written_ago(db)
     under_way(db, dead_event, "ee", acknowledged=("three", "o2", "vodafone"))
     dead, beating = (start_scheduled(e, Scheduled()) for e in (dead_event, beating_event))
@@ -357,8 +357,8 @@ def test_a_running_run_silent_past_its_heartbeats_is_crashed_and_replaced_and_a_
 
     beats = in_thread(beat)
     try:
-        # The store has moved 4.5 s past the dead run's last sign of life, carrying the live one's beats.
-        wait_until(lambda: (last_stored(beating) or dead_since) - dead_since > timedelta(seconds=4.5), 60,
+        # The store has moved 10 s past the dead run's last sign of life, carrying the live one's beats.
+        wait_until(lambda: (last_stored(beating) or dead_since) - dead_since > timedelta(seconds=10), 60,
                    "the live run's heartbeats to be stored")
         with caplog.at_level(logging.INFO):
             state = run_resume()

@@ -340,10 +340,11 @@ def test_a_dispatcher_killed_mid_send_is_marked_crashed_once_and_resumed_once(ha
                             for p in ("three", "o2", "vodafone")), 30, "the other networks' acknowledgements")
     with prefect_client(ha) as client:
         [zombie_watch] = client.read_automations_by_name(ZOMBIE_RUNS)
-        client.pause_automation(zombie_watch.id)
-    ha.kill(owner)
-    killed_at = time.time()
     try:
+        with prefect_client(ha) as client:
+            client.pause_automation(zombie_watch.id)
+        ha.kill(owner)
+        killed_at = time.time()
         # The update is written and posted once the alert is back. Written before, resume-dispatch
         # starts it after its grace period, and it waits behind the alert with the retry schedule's
         # growing waits (60 s more after the recovery, seen).

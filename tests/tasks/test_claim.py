@@ -14,7 +14,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import SetStateStatus, StateAcceptDetails
 from prefect.states import Pending, Running, Scheduled
 
-from tasks.claim import ClaimRules, Claimed, DueSoon, Left
+from tasks.claim import ClaimRules, Claimed, DueSoon, Left, without_superseded
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=timezone.utc)
 ALERTS = uuid.uuid4()
@@ -107,3 +107,47 @@ def test_a_refused_proposal_answered_with_our_own_pending_is_ours_a_lost_reply()
 def test_a_refused_proposal_answered_with_another_proposers_pending_is_left(status):
     client = FakeClient(run(Scheduled(scheduled_time=NOW)), status=status, standing="theirs")
     assert claim(client) == Left("another process claimed it first")
+
+
+RESUME, EXPIRY = uuid.uuid4(), uuid.uuid4()
+
+
+def due_at(deployment: uuid.UUID, minutes_ago: int) -> FlowRun:
+    found = run(Scheduled(scheduled_time=NOW - timedelta(minutes=minutes_ago)), deployment)
+    found.expected_start_time = NOW - timedelta(minutes=minutes_ago)
+    return found
+
+
+class Deleting:
+    """Deletes as the server does; `refuse` holds the ids another process deleted first."""
+
+    def __init__(self, refuse: set[uuid.UUID] = frozenset()) -> None:  # type: ignore[assignment]
+        self.refuse, self.deleted = refuse, []
+
+    def delete_flow_run(self, run_id: uuid.UUID) -> None:
+        if run_id in self.refuse:
+            raise RuntimeError("404: flow run not found")
+        self.deleted.append(run_id)
+
+
+def test_after_downtime_only_the_newest_due_run_of_a_repeated_deployment_runs_and_the_rest_are_deleted():
+    """The scheduler went on creating resume and expiry runs while nobody took them: each does the
+    whole job, so the older ones would only crowd new alerts out of the dispatcher's bounds."""
+    resumes = [due_at(RESUME, minutes) for minutes in (3, 1, 2)]
+    expiry = due_at(EXPIRY, 5)
+    alerts = [due_at(ALERTS, 4), due_at(ALERTS, 0)]  # alert runs are never passed over
+    due = [resumes[0], alerts[0], resumes[1], expiry, resumes[2], alerts[1]]
+    client = Deleting()
+
+    kept = without_superseded(client, due, {RESUME, EXPIRY})  # type: ignore[arg-type]
+
+    assert kept == [alerts[0], resumes[1], expiry, alerts[1]]
+    assert client.deleted == [resumes[0].id, resumes[2].id]
+    assert without_superseded(client, alerts + [expiry], {RESUME, EXPIRY}) == alerts + [expiry]  # type: ignore[arg-type]
+
+
+def test_a_superseded_run_another_process_deleted_first_is_passed_over_quietly():
+    older, newer = due_at(RESUME, 2), due_at(RESUME, 1)
+    client = Deleting(refuse={older.id})
+    assert without_superseded(client, [older, newer], {RESUME}) == [newer]  # type: ignore[arg-type]
+    assert client.deleted == []
