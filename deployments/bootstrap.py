@@ -20,6 +20,7 @@ from prefect.workers.process import ProcessWorker
 
 from broadcasts.settings import DEFAULT_MISSED_HEARTBEATS
 from deployments import automations, names
+from flows.resume_dispatch import heartbeat_seconds
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,14 @@ class Step:
 def bootstrap(notification_block: str | None = None, missed_heartbeats: int = DEFAULT_MISSED_HEARTBEATS) -> list[Step]:
     """Creates whatever is missing against the configured Prefect API; returns what it did.
     `missed_heartbeats`: CRASHED_AFTER_MISSED_HEARTBEATS, the zombie-run automation's threshold."""
+    heartbeat = heartbeat_seconds()
+    if heartbeat is None:
+        raise ValueError("PREFECT_FLOWS_HEARTBEAT_FREQUENCY is unset: the zombie-run automation is made from the runs' heartbeat")
     with get_client(sync_client=True) as client:
         steps = [
             _work_pool(client),
             *(_queue(client, queue, priority) for queue, priority in names.QUEUE_PRIORITIES.items()),
-            _automation(client, automations.zombie_runs(_heartbeat_seconds(), missed_heartbeats)),
+            _automation(client, automations.zombie_runs(heartbeat, missed_heartbeats)),
         ]
         if notification_block is None:
             steps.append(Step("operator alerts are off: set ALERT_NOTIFICATION_BLOCK to a notification "
@@ -47,14 +51,6 @@ def bootstrap(notification_block: str | None = None, missed_heartbeats: int = DE
         block_id = automations.notification_block_id(client, notification_block)
         steps += [_automation(client, a) for a in automations.operator_alerts(block_id)]
         return steps
-
-
-def _heartbeat_seconds() -> float:
-    """The runs' heartbeat interval, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: the CLI applies the
-    production settings (30 s) unless the operator set it, as for workers."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
-
-    return float(PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value())
 
 
 def _automation(client: SyncPrefectClient, automation: AutomationCore) -> Step:

@@ -45,6 +45,7 @@ Why it neither loses an event nor starts two sends of one:
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 
 from prefect import flow, get_run_logger
@@ -145,7 +146,7 @@ def read_unfinished(settings: Settings) -> list[Unfinished]:
                                   settings.enabled_cbcs)
 
 
-def working_run(client: SyncPrefectClient, runs: list[FlowRun], silent: dict[object, timedelta]
+def working_run(client: SyncPrefectClient, runs: list[FlowRun], silent: dict[uuid.UUID, timedelta]
                 ) -> tuple[FlowRun | None, list[tuple[FlowRun, str]]]:
     """The run still working on an event, if any, and the stale runs moved to Crashed for it, each
     with why: not started, or silent (`silent`: run id → for how long). Those are taken over only
@@ -162,7 +163,7 @@ def working_run(client: SyncPrefectClient, runs: list[FlowRun], silent: dict[obj
     return None, crashed
 
 
-def stale_because(run: FlowRun, now: datetime, silent: dict[object, timedelta]) -> str:
+def stale_because(run: FlowRun, now: datetime, silent: dict[uuid.UUID, timedelta]) -> str:
     """Why nobody is working on this live run, or "" when it may be working."""
     if not_started(run, now):
         return f"not started within {NOT_STARTED_WITHIN.total_seconds():g} s"
@@ -183,21 +184,28 @@ def not_started(run: FlowRun, now: datetime) -> bool:
     return state.type == StateType.SCHEDULED and due is not None and now - due > NOT_STARTED_WITHIN
 
 
-def heartbeat_silence(settings: Settings) -> timedelta | None:
-    """How long a Running run may go without a sign of life: CRASHED_AFTER_MISSED_HEARTBEATS of
-    its heartbeats (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, the setting the zombie automation is made
-    from) and one more, so that the automation acts first when Prefect's events are on time.
-    None when runs send no heartbeats: then silence says nothing."""
+def heartbeat_seconds() -> float | None:
+    """The runs' heartbeat interval, PREFECT_FLOWS_HEARTBEAT_FREQUENCY (None: no heartbeats). The
+    CLI applies the production settings (30 s) unless the operator set it, as for workers; the
+    zombie automation (deployments/bootstrap.py) is made from it too."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 
     seconds = PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value()
-    if not seconds:
+    return float(seconds) if seconds else None
+
+
+def heartbeat_silence(settings: Settings) -> timedelta | None:
+    """How long a Running run may go without a sign of life: CRASHED_AFTER_MISSED_HEARTBEATS of
+    its heartbeats and one more, so that the zombie automation acts first when Prefect's events
+    are on time. None when runs send no heartbeats: then silence says nothing."""
+    seconds = heartbeat_seconds()
+    if seconds is None:
         return None
     return (settings.crashed_after_missed_heartbeats + 1) * timedelta(seconds=seconds)
 
 
 def silent_runs(client: SyncPrefectClient, runs: list[FlowRun], silence: timedelta | None
-                ) -> dict[object, timedelta]:
+                ) -> dict[uuid.UUID, timedelta]:
     """The Running runs with no stored sign of life (heartbeat or state change) for longer than
     `silence` before the newest event Prefect has stored, with how long. None of them when the
     events cannot be read: the zombie automation is then the only judge, as before."""
@@ -209,7 +217,7 @@ def silent_runs(client: SyncPrefectClient, runs: list[FlowRun], silence: timedel
     except Exception as error:  # this round resumes what it can without the verdict
         get_run_logger().warning("could not read the runs' heartbeats (%s): no Running run is judged silent", error)
         return {}
-    found = {}
+    found: dict[uuid.UUID, timedelta] = {}
     for run in running:
         quiet = silent_for(run, latest.get(run.id), newest)
         if quiet is not None and quiet > silence:
