@@ -81,7 +81,8 @@ class HAStack:
 
     def app_environment(self, replicas: tuple[str, ...] = REPLICAS) -> dict[str, str]:
         """What the service's processes read: production values, except the proxy endpoint (the
-        simulator), dummy AWS credentials for it, a short resume interval and an hourly expiry."""
+        simulator), dummy AWS credentials for it, a short resume interval, an hourly expiry
+        and yearly link tests."""
         return {
             **clean_environ(),
             "DATABASE_URL": self.app_database_url,
@@ -98,6 +99,9 @@ class HAStack:
             # expire-broadcasts hourly, not every minute: this suite (alerts through failing
             # replicas) does not test it.
             "EXPIRY_INTERVAL_SECONDS": "3600",
+            # Link tests once a year: a quarter-hour's link tests would call every route in the
+            # middle of a test, taking its queued faults and rewriting the route advice.
+            "LINK_TEST_CRON": "0 0 1 1 *",
         }
 
     def server_environment(self, **extra: str) -> dict[str, str]:
