@@ -15,7 +15,7 @@ from broadcasts.errors import DispatchError
 from broadcasts.settings import Settings
 from broadcasts.validation import parse_duration, parse_polygon, parse_uuid
 from deployments.command import EXIT_NOT_ACKNOWLEDGED, OperatorHelp, engine, fail, settings
-from deployments.prefect_api import prefect_errors, require_api, temporary_or_configured
+from deployments.prefect_api import direct_runs, prefect_errors, require_api, temporary_or_configured
 from deployments.prefect_failover import BadReplicaList, forwarding_prefect_api
 
 app = typer.Typer(
@@ -118,10 +118,10 @@ def status(
     typer.echo(status_output(eid, statuses, as_json, message))
 
 
-def run_and_report(flow_call: Any, event_id: uuid.UUID, providers: list[str] | None, as_json: bool,
-                   interrupted: str) -> None:
-    with temporary_or_configured(interrupted):
-        state = flow_call()
+def run_and_report(flow: Any, parameters: dict[str, Any], event_id: uuid.UUID, providers: list[str] | None,
+                   as_json: bool, interrupted: str) -> None:
+    with temporary_or_configured(interrupted), direct_runs() as prepared:
+        state = prepared(flow)(**parameters, return_state=True)
     report(state, event_id, providers, as_json)
 
 
@@ -168,7 +168,7 @@ def send_event(
     from flows.send_broadcast_event import send_broadcast_event
 
     # An operator's explicit re-send: technical-failure providers are sent again too.
-    run_and_report(lambda: send_broadcast_event(str(eid), replay_failed=True, return_state=True), eid,
+    run_and_report(send_broadcast_event, {"broadcast_event_id": str(eid), "replay_failed": True}, eid,
                    providers, as_json, interrupted=f"sending event {eid} stopped; run `broadcasts send-event {eid}` again, "
                    f"or `broadcasts replay {eid} PROVIDER`, to continue")
 
@@ -191,7 +191,7 @@ def replay(
     from flows.send_provider_message import send_provider_message
 
     run_and_report(
-        lambda: send_provider_message(str(eid), provider, return_state=True), eid, [provider], as_json,
+        send_provider_message, {"broadcast_event_id": str(eid), "provider": provider}, eid, [provider], as_json,
         interrupted=f"replay of event {eid} to {provider} stopped; run it again to continue",
     )
 

@@ -57,7 +57,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
@@ -69,7 +68,6 @@ from prefect.exceptions import ObjectNotFound
 from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 from prefect.flow_engine import run_flow
 from prefect.logging import get_logger
-from prefect.results import get_default_result_storage
 from prefect.settings import PREFECT_TASKS_DEFAULT_PERSIST_RESULT, temporary_settings
 from prefect.states import Cancelled
 from sqlalchemy import text
@@ -78,7 +76,7 @@ from broadcasts.cbc_proxy import get_proxy
 from broadcasts.db import get_engine, unit_of_work
 from broadcasts.settings import get_settings
 from deployments.definitions import ALERT_DEPLOYMENTS, WARM_DEPLOYMENTS
-from deployments.prefect_api import client_settings
+from deployments.prefect_api import client_settings, result_storage
 from tasks.claim import ClaimRules, DueSoon, Left, without_superseded
 
 POLL_SECONDS = 1.0
@@ -169,7 +167,7 @@ class Dispatcher:
 
     def start(self) -> list[str]:
         """Finds the deployments, warms up, then listens and polls. Returns the deployment names."""
-        storage = _result_storage()
+        storage = result_storage()
         with get_client(sync_client=True) as client:
             for name, warm_flow in WARM_FLOWS.items():
                 try:
@@ -331,16 +329,6 @@ class Dispatcher:
             except Exception as error:  # the poll covers the gap; the subscriber replays a minute
                 logger.warning("listening for runs: %s; reconnecting", error)
                 await asyncio.sleep(1)
-
-
-def _result_storage() -> Any:
-    """Where the warm flows keep their results: what Prefect would choose for each run, asked of
-    the server once. Left to Prefect, every run asked the server twice (GET /admin/storage) before
-    it started; a server default storage set later takes effect when the dispatcher restarts."""
-    storage = get_default_result_storage()
-    if getattr(storage, "_block_document_id", None) is not None:  # a saved block: the server's default
-        return storage
-    return Path(storage.basepath)  # Prefect's local default (a flow takes only saved blocks or a path)
 
 
 def _unwatched(run: FlowRun) -> FlowRun:
