@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+from sqlalchemy import text
 
 from benchmarks.stack import Stack
 from broadcasts.providers import get_provider
@@ -242,6 +243,8 @@ class Bench:
         from broadcasts.settings import get_settings
 
         self.reset_simulator()
+        with self.engine.begin() as connection:  # every attempt starts on ee's default first route
+            connection.execute(text("DELETE FROM route_advisor WHERE provider = 'ee'"))
         for function in ("ee-1-proxy", "ee-2-proxy"):
             self.simulator.post("/_simulator/faults", json={"function": function, "http_status": 500,
                                                             "times": 2 * failures}).raise_for_status()

@@ -56,7 +56,7 @@ class Stack:
 
     def app_environment(self) -> dict[str, str]:
         """What the dispatcher's processes (and this one) read: production values, except the
-        proxy endpoint (the simulator) and dummy AWS credentials for it."""
+        proxy endpoint (the simulator), dummy AWS credentials for it and yearly link tests."""
         return {
             "DATABASE_URL": self.app_database_url,
             "CBC_PROXY_ENDPOINT_URL": self.simulator_url,
@@ -69,6 +69,9 @@ class Stack:
             "PREFECT_API_AUTH_STRING": self.auth_string,
             "PREFECT_HOME": str(self.directory / "prefect-home"),
             "WEBHOOK_SECRET": self.webhook_secret,
+            # Link tests once a year: a quarter-hour's link tests would call every route in the
+            # middle of a measurement and rewrite the route advice the retry measurement relies on.
+            "LINK_TEST_CRON": "0 0 1 1 *",
         }
 
     def serve(self, stack: ExitStack, *options: str) -> Process:
