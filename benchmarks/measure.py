@@ -20,9 +20,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import text
+from sqlalchemy import delete
 
 from benchmarks.stack import Stack
+from broadcasts.models import RouteAdvice
 from broadcasts.providers import get_provider
 
 PROVIDERS = ["ee", "three", "o2", "vodafone"]
@@ -244,7 +245,7 @@ class Bench:
 
         self.reset_simulator()
         with self.engine.begin() as connection:  # every attempt starts on ee's default first route
-            connection.execute(text("DELETE FROM route_advisor WHERE provider = 'ee'"))
+            connection.execute(delete(RouteAdvice).where(RouteAdvice.provider == "ee"))
         for function in ("ee-1-proxy", "ee-2-proxy"):
             self.simulator.post("/_simulator/faults", json={"function": function, "http_status": 500,
                                                             "times": 2 * failures}).raise_for_status()

@@ -120,7 +120,7 @@ def status(
 
 def run_and_report(flow: Any, parameters: dict[str, Any], event_id: uuid.UUID, providers: list[str] | None,
                    as_json: bool, interrupted: str) -> None:
-    with temporary_or_configured(interrupted), direct_runs() as prepared:
+    with temporary_or_configured(interrupted), prefect_errors(), direct_runs() as prepared:
         state = prepared(flow)(**parameters, return_state=True)
     report(state, event_id, providers, as_json)
 

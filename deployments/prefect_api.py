@@ -67,21 +67,23 @@ def result_storage() -> Any:
 def direct_runs() -> Iterator[Callable[[Any], Any]]:
     """Around flows this process calls itself (`broadcasts send-event` and `replay`, the
     benchmarks): one Prefect client for all of them and their task threads, and their result
-    storage asked of the server once. Yields what gives a flow that storage. Left to Prefect, each
-    call built a client of its own (a TLS context from certifi's bundle, about 20 ms, and a CSRF
-    token) and asked for the server's default storage three times: 0.20 -> 0.13 s p50 from the
-    call to the 4th network's call, measured."""
+    storage asked of the server once. Yields what gives a flow that storage (unless it names its
+    own) and Prefect's own choice of persistence, taken once. Left to Prefect, each call built a
+    client of its own (a TLS context from certifi's bundle, about 20 ms, and a CSRF token) and
+    asked for the server's default storage three times (GET /admin/storage). A command that runs
+    one flow saves two of those requests; a process that runs many, the client too."""
     from prefect.context import SyncClientContext
     from prefect.results import should_persist_result
 
     with SyncClientContext.get_or_create():
         storage = result_storage()
-        # Prefect's own rule: results are persisted when the settings say so or a default storage is set.
+        # Prefect's rule outside a run: persisted when the settings say so or a default storage is set.
         persist = should_persist_result() or not isinstance(storage, Path)
 
         def prepared(flow: Any) -> Any:
-            chosen = persist if flow.persist_result is None else flow.persist_result
-            return flow.with_options(result_storage=storage, persist_result=chosen)
+            return flow.with_options(
+                result_storage=storage if flow.result_storage is None else flow.result_storage,
+                persist_result=persist if flow.persist_result is None else flow.persist_result)
 
         yield prepared
 
@@ -194,6 +196,12 @@ def prefect_errors() -> Iterator[None]:
     except httpx.TransportError as error:
         raise PrefectApiError(
             f"cannot reach the Prefect API at {PREFECT_API_URL.value()}: {error or type(error).__name__}") from None
+    except RuntimeError as error:  # a new client's version check wraps what stopped it
+        cause = error.__cause__
+        if not isinstance(cause, httpx.TransportError):
+            raise
+        raise PrefectApiError(
+            f"cannot reach the Prefect API at {PREFECT_API_URL.value()}: {cause or type(cause).__name__}") from None
 
 
 def require_api() -> None:

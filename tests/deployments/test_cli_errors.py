@@ -16,9 +16,11 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import make_url
 
-from broadcasts.db import get_engine
+from broadcasts.db import get_engine, unit_of_work
 from broadcasts.migrate import alembic_config, upgrade
+from broadcasts.status import event_status
 from tests.conftest import PROJECT_ROOT, backend
+from tests.factories import make_alert
 from tests.support.postgres import throwaway_postgres_database
 
 BROADCASTS = str(Path(sys.executable).with_name("broadcasts"))
@@ -194,3 +196,18 @@ def test_every_operator_error_the_command_turns_into_one_line_names_a_real_excep
 
     for module, name in RAISED_BY:
         assert issubclass(getattr(importlib.import_module(module), name), Exception), (module, name)
+
+
+@pytest.mark.parametrize("command", [["send-event"], ["replay", "ee"]], ids=["send-event", "replay"])
+def test_a_prefect_api_that_does_not_answer_is_one_line_and_sends_nothing(engine, database_url, command):
+    _, _, event_id = make_alert(engine)
+    environ = {**os.environ, "DATABASE_URL": database_url, "COLUMNS": "200",
+               "PREFECT_API_URL": "http://127.0.0.1:1/api"}
+    result = subprocess.run([BROADCASTS, command[0], str(event_id), *command[1:]], cwd=PROJECT_ROOT, env=environ,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert line.startswith("error: cannot reach the Prefect API at http://127.0.0.1:1/api: "), line
+    assert "refused" in line.lower(), line
+    with unit_of_work(engine) as session:
+        assert event_status(session, event_id) == []  # no provider message was created

@@ -28,10 +28,11 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, delete, text
 from sqlalchemy.pool import NullPool
 
 from broadcasts.db import driver_url
+from broadcasts.models import RouteAdvice
 from deployments.automations import ZOMBIE_RUNS
 from deployments.trigger import post_event
 from flows.resume_dispatch import FLOW_NAME as RESUME_FLOW
@@ -324,19 +325,24 @@ def test_a_dispatcher_killed_mid_send_is_marked_crashed_once_and_resumed_once(ha
     [alert] = burst.messages
     simulator = SimulatorClient(ha.simulator_url)
     earlier = len(simulator.invocations())  # the module's stack keeps the earlier tests' calls
-    # ee's default first route, where the hang waits: an earlier test's send or a link test may
-    # have left fresh advice for another of ee's routes (seen: no call to ee-1-proxy came).
+    # ee's default first route, where the hang waits: an earlier test's sends may have left fresh
+    # advice for another of ee's routes (seen: no call to ee-1-proxy came).
     with burst.engine.begin() as connection:
-        connection.execute(text("DELETE FROM route_advisor WHERE provider = 'ee'"))
+        connection.execute(delete(RouteAdvice).where(RouteAdvice.provider == "ee"))
     simulator.fault("ee-1-proxy", hang=True, times=1)  # never answered
     burst.post(alert, "webhook-1")
     run_id = burst.answers[alert][1]["flow_run_id"]
     owner = wait_until(lambda: next((name for name in ("dispatcher-1", "dispatcher-2")
                                       if f"({run_id}) claimed" in ha.processes[name].output()), None),
                         30, f"a dispatcher to claim run {run_id}")
-    wait_until(lambda: any(c["function"] == "ee-1-proxy" and c["outcome"] == "hang"
-                            and c["payload"].get("message_type") == "alert"
-                            for c in simulator.invocations()[earlier:]), 30, "ee's call to be under way",
+
+    def ee_hanging() -> bool:
+        ee = statuses(burst.engine, alert).get("ee")
+        return ee is not None and any(c["function"] == "ee-1-proxy" and c["outcome"] == "hang"
+                                      and c["payload"].get("identifier") == str(ee.identifier)
+                                      for c in simulator.invocations()[earlier:])
+
+    wait_until(ee_hanging, 30, "ee's call to be under way",
                lambda: f"ee's calls: {[c for c in simulator.invocations()[earlier:] if c['function'].startswith('ee-')]}")
     # The other three recorded first: a kill between a network's answer and its record would send
     # that network the same identifier again (correct, and tests/faults/test_recovery.py covers it),
