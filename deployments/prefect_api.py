@@ -1,6 +1,6 @@
 """The Prefect API a process of this service talks to: the client settings it runs with, a
-temporary server for a one-off command when none is configured, and Prefect's errors in an
-operator's words."""
+temporary server for a one-off command when none is configured, one client for the flows it calls
+itself, and Prefect's errors in an operator's words."""
 
 from __future__ import annotations
 
