@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from broadcasts import event_plan
 from broadcasts.db import get_engine
@@ -25,6 +26,7 @@ def _database_unavailable(task: Any, task_run: Any, state: Any) -> bool:
     retries=len(READ_RETRY_DELAYS),
     retry_delay_seconds=READ_RETRY_DELAYS,
     retry_condition_fn=_database_unavailable,
+    cache_policy=NO_CACHE,  # read every run, never from a cache (and no key to hash)
 )
 def read_event_plan(broadcast_event_id: uuid.UUID) -> event_plan.EventPlan:
     settings = get_settings()

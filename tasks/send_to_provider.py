@@ -10,6 +10,7 @@ from collections.abc import Hashable
 from typing import Any, SupportsIndex
 
 from prefect import Task, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.events import emit_event
 
@@ -79,6 +80,7 @@ class DelaysCutAtExpiry(list[float]):
     retries=retry.MAX_RETRIES + retry.SPARE_RETRIES,
     retry_delay_seconds=retry.RETRY_DELAYS,
     retry_condition_fn=should_retry,
+    cache_policy=NO_CACHE,  # every attempt runs: only the database says what was sent (and no key to hash)
 )
 def send_to_provider(broadcast_event_id: str, provider: str, replay_failed: bool = False) -> dispatch.SendResult:
     """`replay_failed`: an operator's replay, which alone sends a technical-failure message again.

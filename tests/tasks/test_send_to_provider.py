@@ -1,4 +1,5 @@
-"""The provider-send task's retry policy: the production schedule, and what is retried."""
+"""The provider-send task's retry policy: the production schedule, and what is retried; and never a
+cached result."""
 
 from __future__ import annotations
 
@@ -6,12 +7,16 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
+from prefect import flow
 
+from broadcasts import dispatch
 from broadcasts.errors import AllRoutesFailed, DatabaseUnavailable, EarlierEventPending, EventExpired, SendInProgress
 from broadcasts.models import utcnow
 from broadcasts.retry import MAX_RETRIES, RETRY_DELAYS, SPARE_RETRIES, planned_retries
 from tasks.retry_clock import MAX_LEAD_FRACTION, MAX_LEAD_SECONDS
 from tasks.send_to_provider import planned_for, send_to_provider, should_retry
+from tests.factories import make_alert
+from tests.flows.helpers import calls_for
 
 
 def failed_with(error: Exception) -> SimpleNamespace:
@@ -55,3 +60,18 @@ def test_retryable_failures_are_retried_while_the_event_has_not_expired(error):
 @pytest.mark.parametrize("error", [EventExpired("e", utcnow(), False), ValueError("a bug"), TypeError("a bug")])
 def test_anything_else_is_not_retried(error):
     assert should_retry(None, None, failed_with(error)) is False
+
+
+@flow(name="send-twice", persist_result=True)  # results persisted: what a cache would serve
+def _send_twice(event_id: str) -> list[dispatch.SendResult]:
+    return [send_to_provider(event_id, "ee"), send_to_provider(event_id, "ee")]
+
+
+def test_a_send_is_never_served_from_prefect_s_cache(engine, sim, prefect_server):
+    """Same inputs in the same run: Prefect's default cache policy would hand the second call the
+    first one's result ("sent now"); the task runs again and finds the message acknowledged."""
+    _, _, event_id = make_alert(engine)
+    first, second = _send_twice(str(event_id))
+    assert (first.sent_now, second.sent_now) == (True, False)
+    assert first.provider_message_id == second.provider_message_id
+    assert len(calls_for(sim, first.provider_message_id)) == 1
