@@ -32,8 +32,6 @@ from broadcasts.models import (
     BroadcastProviderMessageStatus,
     LinkTestResult,
     Service,
-    ServiceBroadcastProvider,
-    ServiceBroadcastSettings,
     UTCDateTime,
     utcnow,
 )
@@ -41,9 +39,12 @@ from broadcasts.models import (
 
 def get_event(session: Session, event_id: uuid.UUID) -> BroadcastEvent:
     """The event, with its broadcast message and service loaded in the same statement (rule 1
-    reads both)."""
-    event = session.get(BroadcastEvent, event_id,
-                        options=[joinedload(BroadcastEvent.broadcast_message), joinedload(BroadcastEvent.service)])
+    reads both), and the service's networks and channel (`service_providers`, `channel`)."""
+    event = session.get(BroadcastEvent, event_id, options=[
+        joinedload(BroadcastEvent.broadcast_message),
+        joinedload(BroadcastEvent.service).options(joinedload(Service.broadcast_providers),
+                                                   joinedload(Service.broadcast_settings)),
+    ])
     if event is None:
         raise UnknownEvent(event_id)
     return event
@@ -77,23 +78,34 @@ def later_cancels(session: Session, event: BroadcastEvent) -> list[BroadcastEven
     return list(session.scalars(query))
 
 
-def available_providers(
-    session: Session, service_id: uuid.UUID, enabled: Sequence[str]
-) -> list[str]:
+def earlier_events_and_later_cancels(
+    session: Session, event: BroadcastEvent
+) -> tuple[list[BroadcastEvent], list[BroadcastEvent]]:
+    """`earlier_events` and `later_cancels` in one statement (a send's checks read both): the
+    broadcast's other events, split by `order_key`, the same order as in SQL."""
+    others = session.scalars(
+        select(BroadcastEvent)
+        .where(BroadcastEvent.broadcast_message_id == event.broadcast_message_id, BroadcastEvent.id != event.id)
+        .order_by(*EVENT_ORDER)
+    ).all()
+    return ([e for e in others if e.order_key < event.order_key],
+            [e for e in others if e.order_key > event.order_key and e.message_type == "cancel"])
+
+
+def service_providers(service: Service, enabled: Sequence[str]) -> list[str]:
     """The service's allowed providers ∩ the enabled ones, in enabled order (no rows: all enabled)."""
-    allowed = set(
-        session.scalars(
-            select(ServiceBroadcastProvider.provider).where(
-                ServiceBroadcastProvider.service_id == service_id
-            )
-        )
-    )
+    allowed = {row.provider for row in service.broadcast_providers}
     return [name for name in enabled if not allowed or name in allowed]
 
 
-def channel(session: Session, service_id: uuid.UUID) -> str:
-    settings = session.get(ServiceBroadcastSettings, service_id)
-    return settings.channel if settings else "test"
+def available_providers(session: Session, service_id: uuid.UUID, enabled: Sequence[str]) -> list[str]:
+    """`service_providers` of a service read by its id."""
+    service = session.get(Service, service_id, options=[joinedload(Service.broadcast_providers)])
+    return list(enabled) if service is None else service_providers(service, enabled)
+
+
+def channel(service: Service) -> str:
+    return service.broadcast_settings.channel if service.broadcast_settings else "test"
 
 
 def next_message_number(session: Session) -> int:

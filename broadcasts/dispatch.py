@@ -137,9 +137,10 @@ def _prepare(
         assert message is not None
         return _ack(message, None, sent_now=False)
     guards.ensure_not_expired(event, now, attempted=records.attempted(session, message))
-    earlier = dao.earlier_events(session, event)
+    earlier, later_cancels = dao.earlier_events_and_later_cancels(session, event)
     guards.ensure_not_cancelled(event, earlier)
-    later_cancels = [] if event.message_type == "cancel" else dao.later_cancels(session, event)
+    if event.message_type == "cancel":  # a cancel is never superseded (rule 6)
+        later_cancels = []
     if supersede.first(later_cancels) is not None and (
             message is None or message.status in UNFINISHED_STATUSES):  # rule 6
         message = message or dao.create_provider_message(session, event.id, provider.name, provider.numbered)
@@ -169,7 +170,7 @@ def _prepare(
             identifier=message.id,
             message_number=message.message_number,
             references=references,
-            channel=dao.channel(session, event.service_id),
+            channel=dao.channel(event.service),
             headline=headline,
         ))
     return _Ready(event, message.id, payload, event.finishes_at)
@@ -284,7 +285,7 @@ def _check(session: Session, event: BroadcastEvent, provider: Provider, enabled:
     """Rules 1-6 for this attempt, what they record, and what to do: send, supersede, report an
     earlier acknowledgement, or the error to raise once the transaction has committed."""
     try:
-        _ensure_may_send(session, event, provider.name, enabled)  # rule 1
+        _ensure_may_send(event, provider.name, enabled)  # rule 1
         return _prepare(session, event, provider, headline, now, mode)
     except SendRefused as error:
         records.record_refusal(session, event.id, provider, error)
@@ -304,7 +305,7 @@ def _supersede_earlier(engine: Engine, event_id: uuid.UUID, provider: Provider, 
     with unit_of_work(engine) as session:
         event = dao.get_event(session, event_id)
         try:
-            _ensure_may_send(session, event, provider.name, enabled)
+            _ensure_may_send(event, provider.name, enabled)
             guards.ensure_valid_broadcast(event, now)
             guards.ensure_not_expired(event, now, attempted=False)
         except (SendRefused, InvalidBroadcast, EventExpired):
@@ -313,10 +314,10 @@ def _supersede_earlier(engine: Engine, event_id: uuid.UUID, provider: Provider, 
     supersede.each(engine, message_ids, event_id)
 
 
-def _ensure_may_send(session: Session, event: BroadcastEvent, provider: str, enabled: Sequence[str]) -> None:
+def _ensure_may_send(event: BroadcastEvent, provider: str, enabled: Sequence[str]) -> None:
     """Rule 1, plus: only the service's available providers (its list ∩ ENABLED_CBCS)."""
     guards.ensure_service_may_broadcast(event)
-    available = dao.available_providers(session, event.service_id, enabled)
+    available = dao.service_providers(event.service, enabled)
     if provider not in available:
         raise ProviderNotAvailable(event.id, provider, available)
 

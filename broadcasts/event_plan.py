@@ -28,7 +28,7 @@ def plan_event(session: Session, event_id: uuid.UUID, enabled: Sequence[str]) ->
     """The providers an event goes to (its service's list ∩ the enabled list, in enabled order)
     and its finish time."""
     event = dao.get_event(session, event_id)
-    return EventPlan(dao.available_providers(session, event.service_id, enabled), event.finishes_at)
+    return EventPlan(dao.service_providers(event.service, enabled), event.finishes_at)
 
 
 def read_plan(engine: Engine, event_id: uuid.UUID, enabled: Sequence[str]) -> EventPlan:

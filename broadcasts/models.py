@@ -127,6 +127,11 @@ class Service(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     restricted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
+    # Which networks it may use and on which channel: read with each event (`dao.get_event`), in
+    # the event's statement, and written only by the service API.
+    broadcast_providers: Mapped[list[ServiceBroadcastProvider]] = relationship(viewonly=True)
+    broadcast_settings: Mapped[ServiceBroadcastSettings | None] = relationship(viewonly=True)
+
 
 class ServiceBroadcastSettings(Base):
     __tablename__ = "service_broadcast_settings"

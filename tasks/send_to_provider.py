@@ -3,6 +3,7 @@ acknowledged, cannot be sent, or the event expires. The retry policy lives here 
 
 from __future__ import annotations
 
+import copy
 import logging
 import uuid
 from datetime import datetime
@@ -165,7 +166,9 @@ def planned_for(finishes_at: datetime | None, scale: float) -> Task[Any, dispatc
     """The task with this run's retry plan: as many retries as reach the event's finish time, the
     last wait cut to land just after it (`scale` < 1 only in tests and the demo)."""
     seconds_left = None if finishes_at is None else (finishes_at - utcnow()).total_seconds()
-    return send_to_provider.with_options(
-        retries=retry.planned_retries(seconds_left, scale),
-        retry_delay_seconds=DelaysCutAtExpiry(finishes_at, scale),
-    )
+    # A copy with two settings changed, not `with_options`: that builds a new Task, which reads and
+    # tokenizes the function's source again (about 2 ms on the run's thread, before the fan-out).
+    planned = copy.copy(send_to_provider)
+    planned.retries = retry.planned_retries(seconds_left, scale)
+    planned.retry_delay_seconds = DelaysCutAtExpiry(finishes_at, scale)
+    return planned

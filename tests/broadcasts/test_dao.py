@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import func, insert, select, text
+from sqlalchemy.event import listen, remove
 
 from broadcasts import dao
 from broadcasts.cbc_proxy import CBCProxy
@@ -21,6 +22,7 @@ from broadcasts.models import (
     BroadcastProviderMessageNumber,
     BroadcastProviderMessageStatus,
     LinkTestResult,
+    Service,
     utcnow,
 )
 from tests.factories import make_alert, make_event, make_message, make_service
@@ -105,8 +107,49 @@ def test_service_providers_outside_the_enabled_set_leave_none(engine):
 def test_channel_defaults_to_test_without_a_settings_row(engine):
     without, government = make_service(engine, channel=None), make_service(engine, channel="government")
     with unit_of_work(engine) as session:
-        assert dao.channel(session, without) == "test"
-        assert dao.channel(session, government) == "government"
+        assert dao.channel(session.get_one(Service, without)) == "test"
+        assert dao.channel(session.get_one(Service, government)) == "government"
+
+
+def test_an_event_is_read_with_its_services_networks_and_channel_in_one_statement(engine):
+    service_id = make_service(engine, providers=["vodafone", "ee"], channel="severe")
+    event_id = make_event(engine, service_id, make_message(engine, service_id))
+    statements = []
+
+    def record(connection, cursor, statement, *rest):  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    listen(engine, "before_cursor_execute", record)
+    try:
+        with unit_of_work(engine) as session:
+            event = dao.get_event(session, event_id)
+            assert (dao.service_providers(event.service, ENABLED), dao.channel(event.service)) == (
+                ["ee", "vodafone"], "severe")
+    finally:
+        remove(engine, "before_cursor_execute", record)
+    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1, statements
+
+
+def test_one_statement_finds_the_same_earlier_events_and_later_cancels_as_the_two_queries(engine):
+    service_id = make_service(engine)
+    message_id = make_message(engine, service_id)
+    noon = utcnow().replace(hour=12, minute=0, second=0, microsecond=0)
+    ids = []
+    for hour, message_type in [(12, "alert"), (13, "update"), (14, "cancel"), (14, "update"), (15, "cancel"),
+                               (11, "cancel")]:
+        ids.append(make_event(engine, service_id, message_id, sent_at=noon + timedelta(hours=hour - 12),
+                              message_type=message_type))
+        written_apart()  # the two at 14:00 are ordered by when they were written
+    make_event(engine, service_id, make_message(engine, service_id), sent_at=noon, message_type="cancel")
+    with unit_of_work(engine) as session:
+        for event_id in ids:
+            event = dao.get_event(session, event_id)
+            earlier, later_cancels = dao.earlier_events_and_later_cancels(session, event)
+            assert [e.id for e in earlier] == [e.id for e in dao.earlier_events(session, event)]
+            assert {e.id for e in later_cancels} == {e.id for e in dao.later_cancels(session, event)}
+        event = dao.get_event(session, ids[1])  # the update at 13:00
+        earlier, later_cancels = dao.earlier_events_and_later_cancels(session, event)
+    assert ([e.id for e in earlier], [e.id for e in later_cancels]) == ([ids[5], ids[0]], [ids[2], ids[4]])
 
 
 def test_get_or_create_makes_one_message_with_a_number_and_a_sending_row_then_reuses_it(engine):

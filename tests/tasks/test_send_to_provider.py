@@ -42,6 +42,10 @@ def test_each_run_plans_retries_from_its_events_time_left_and_cuts_the_last_wait
     assert 10 <= soon[5] <= 10.5  # 32 s would pass the finish time: cut to land just after it
     scaled = planned_for(utcnow() + timedelta(seconds=10), 0.01).retry_delay_seconds[5]
     assert 0.32 * (1 - MAX_LEAD_FRACTION) - 0.001 <= scaled <= 0.32
+    # Each plan is the run's own: the task itself keeps the production schedule.
+    assert (send_to_provider.retries, send_to_provider.retry_delay_seconds) == (MAX_RETRIES + SPARE_RETRIES,
+                                                                              RETRY_DELAYS)
+    assert type(send_to_provider.retry_delay_seconds) is list
 
 
 @pytest.mark.parametrize(
