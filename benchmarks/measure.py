@@ -236,6 +236,26 @@ class Bench:
                 result.append(at(found[len(PROVIDERS) - 1]["received_at"]) - start)
         return result
 
+    def direct_sends(self, samples: int) -> list[float]:
+        """The in-process figure's baseline: the four sends (`dispatch.send_once`, the checks, the
+        slot, the lock, the call and its record) in four threads with no Prefect run around them:
+        start → 4th provider call."""
+        from broadcasts.dispatch import send_once
+
+        def send(event_id: uuid.UUID, provider: str) -> None:
+            send_once(self.engine, self.proxy, event_id, provider, enabled=PROVIDERS,
+                      headline=self.settings.broadcast_headline)
+
+        result = []
+        for _ in range(samples):
+            event_id, tag = self.new_event()
+            start = time.time()
+            for future in [self.direct.submit(send, event_id, provider) for provider in PROVIDERS]:
+                future.result()
+            found = self.wait_for_calls(tag, len(PROVIDERS))
+            result.append(at(found[len(PROVIDERS) - 1]["received_at"]) - start)
+        return result
+
     def retry_gaps(self, scale: float, failures: int) -> tuple[list[float], list[float]]:
         """The waits of a provider failing `failures` attempts (all four routes), with the retry
         delays scaled by `scale`: from an attempt's last answer (its fourth route's) to the next
