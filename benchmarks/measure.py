@@ -237,9 +237,9 @@ class Bench:
         return result
 
     def direct_sends(self, samples: int) -> list[float]:
-        """The in-process figure's baseline: the four sends (`dispatch.send_once`, the checks, the
-        slot, the lock, the call and its record) in four threads with no Prefect run around them:
-        start → 4th provider call."""
+        """The in-process figure's baseline: the four sends (`dispatch.send_once`: the checks, the
+        lock, the call and its record; no provider slot) in four threads with no Prefect run
+        around them: start → 4th provider call."""
         from broadcasts.dispatch import send_once
 
         def send(event_id: uuid.UUID, provider: str) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, tuple_, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, joinedload
 from sqlalchemy.orm.attributes import set_committed_value
@@ -54,35 +54,12 @@ def get_event(session: Session, event_id: uuid.UUID) -> BroadcastEvent:
 EVENT_ORDER = (BroadcastEvent.sent_at, BroadcastEvent.created_at, BroadcastEvent.id)
 
 
-def earlier_events(session: Session, event: BroadcastEvent) -> list[BroadcastEvent]:
-    """Events of the same broadcast message before `event` in the order (`sent_at`, then
-    creation, then id), oldest first."""
-    query = (
-        select(BroadcastEvent)
-        .where(
-            BroadcastEvent.broadcast_message_id == event.broadcast_message_id,
-            tuple_(*EVENT_ORDER) < tuple_(*event.order_key),
-        )
-        .order_by(*EVENT_ORDER)
-    )
-    return list(session.scalars(query))
-
-
-def later_cancels(session: Session, event: BroadcastEvent) -> list[BroadcastEvent]:
-    """Cancels of the same broadcast message after `event` in the order of `earlier_events`."""
-    query = select(BroadcastEvent).where(
-        BroadcastEvent.broadcast_message_id == event.broadcast_message_id,
-        BroadcastEvent.message_type == "cancel",
-        tuple_(*EVENT_ORDER) > tuple_(*event.order_key),
-    )
-    return list(session.scalars(query))
-
-
 def earlier_events_and_later_cancels(
     session: Session, event: BroadcastEvent
 ) -> tuple[list[BroadcastEvent], list[BroadcastEvent]]:
-    """`earlier_events` and `later_cancels` in one statement (a send's checks read both): the
-    broadcast's other events, split by `order_key`, the same order as in SQL."""
+    """The events of the same broadcast message before `event` in the order (`sent_at`, then
+    creation, then id: `BroadcastEvent.order_key`), oldest first, and its cancels after `event`,
+    in one statement (a send's checks read both)."""
     others = session.scalars(
         select(BroadcastEvent)
         .where(BroadcastEvent.broadcast_message_id == event.broadcast_message_id, BroadcastEvent.id != event.id)
@@ -90,6 +67,14 @@ def earlier_events_and_later_cancels(
     ).all()
     return ([e for e in others if e.order_key < event.order_key],
             [e for e in others if e.order_key > event.order_key and e.message_type == "cancel"])
+
+
+def earlier_events(session: Session, event: BroadcastEvent) -> list[BroadcastEvent]:
+    return earlier_events_and_later_cancels(session, event)[0]
+
+
+def later_cancels(session: Session, event: BroadcastEvent) -> list[BroadcastEvent]:
+    return earlier_events_and_later_cancels(session, event)[1]
 
 
 def service_providers(service: Service, enabled: Sequence[str]) -> list[str]:

@@ -215,7 +215,8 @@ class BroadcastEvent(Base):
     def order_key(self) -> tuple[datetime, datetime, uuid.UUID]:
         """Where the event stands among its broadcast's events (docs/behaviour.md §4 rule 5):
         by `sent_at`, then creation, then id, so two events written in the same second still
-        have one order, the same in SQL (`dao.earlier_events`) and here."""
+        have one order, the same in SQL (`dao.EVENT_ORDER` sorts by these columns) and here
+        (`dao.earlier_events_and_later_cancels` splits by it)."""
         return (self.sent_at, self.created_at, self.id)
 
     @property

@@ -130,7 +130,7 @@ def test_an_event_is_read_with_its_services_networks_and_channel_in_one_statemen
     assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1, statements
 
 
-def test_one_statement_finds_the_same_earlier_events_and_later_cancels_as_the_two_queries(engine):
+def test_earlier_events_and_later_cancels_follow_sent_at_then_creation_then_id(engine):
     service_id = make_service(engine)
     message_id = make_message(engine, service_id)
     noon = utcnow().replace(hour=12, minute=0, second=0, microsecond=0)
@@ -140,16 +140,27 @@ def test_one_statement_finds_the_same_earlier_events_and_later_cancels_as_the_tw
         ids.append(make_event(engine, service_id, message_id, sent_at=noon + timedelta(hours=hour - 12),
                               message_type=message_type))
         written_apart()  # the two at 14:00 are ordered by when they were written
-    make_event(engine, service_id, make_message(engine, service_id), sent_at=noon, message_type="cancel")
+    # Two more at 16:00 written with the same creation time (as migrated rows are): ordered by id.
+    tied = sorted([uuid.uuid4(), uuid.uuid4()])
     with unit_of_work(engine) as session:
-        for event_id in ids:
-            event = dao.get_event(session, event_id)
-            earlier, later_cancels = dao.earlier_events_and_later_cancels(session, event)
-            assert [e.id for e in earlier] == [e.id for e in dao.earlier_events(session, event)]
-            assert {e.id for e in later_cancels} == {e.id for e in dao.later_cancels(session, event)}
-        event = dao.get_event(session, ids[1])  # the update at 13:00
-        earlier, later_cancels = dao.earlier_events_and_later_cancels(session, event)
-    assert ([e.id for e in earlier], [e.id for e in later_cancels]) == ([ids[5], ids[0]], [ids[2], ids[4]])
+        for event_id, message_type in zip(reversed(tied), ["cancel", "update"]):  # the larger id first
+            session.execute(insert(BroadcastEvent.__table__).values(
+                id=event_id, service_id=service_id, broadcast_message_id=message_id,
+                sent_at=noon + timedelta(hours=4), created_at=noon + timedelta(hours=4), message_type=message_type,
+                transmitted_areas={"names": [], "simple_polygons": []}))
+    make_event(engine, service_id, make_message(engine, service_id), sent_at=noon, message_type="cancel")
+
+    def around(event_id):  # type: ignore[no-untyped-def]
+        with unit_of_work(engine) as session:
+            earlier, later_cancels = dao.earlier_events_and_later_cancels(session, dao.get_event(session, event_id))
+        return [e.id for e in earlier], {e.id for e in later_cancels}
+
+    alert_12, update_13, cancel_14, update_14, cancel_15, cancel_11 = ids[0], ids[1], ids[2], ids[3], ids[4], ids[5]
+    assert around(update_13) == ([cancel_11, alert_12], {cancel_14, cancel_15, tied[1]})
+    assert around(update_14) == ([cancel_11, alert_12, update_13, cancel_14], {cancel_15, tied[1]})
+    assert around(tied[0]) == ([cancel_11, alert_12, update_13, cancel_14, update_14, cancel_15], {tied[1]})
+    assert around(tied[1]) == ([cancel_11, alert_12, update_13, cancel_14, update_14, cancel_15, tied[0]], set())
+    assert around(cancel_11) == ([], {cancel_14, cancel_15, tied[1]})
 
 
 def test_get_or_create_makes_one_message_with_a_number_and_a_sending_row_then_reuses_it(engine):
