@@ -9,7 +9,8 @@ the same run, with its target, and written to benchmarks/results/latest.json:
 - latency: an alert posted to `broadcasts serve`'s webhook (202; its warm dispatcher runs the
   alert) until the simulator receives the 4th provider call; baseline: the same 4 proxy invokes issued directly in 4 threads; also the flow called in
   this process against the same Prefect server, beside its own baseline: the four sends
-  (`dispatch.send_once`) called in 4 threads with no Prefect run around them.
+  (`dispatch.send_once`, without the provider slot) called in 4 threads with no Prefect run
+  around them.
 - latency_embedded: the same on `make demo`'s defaults (SQLite app database, Prefect's server
   on SQLite), on a stack of its own started first; `python -m benchmarks embedded` runs it alone.
 - latency_serve: the same through `broadcasts serve --no-dispatcher` (Prefect's runner: a poll,

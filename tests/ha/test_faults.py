@@ -134,8 +134,11 @@ class Burst:
     def settle(self) -> None:
         deadline = time.monotonic() + SETTLE_SECONDS
         while time.monotonic() < deadline:
-            if all(s.status == "returned-ack" for e in self.event_ids for s in statuses(self.engine, e).values()) \
-                    and all(len(statuses(self.engine, e)) == len(PROVIDERS) for e in self.event_ids):
+            # One read for both conditions: read apart, three acknowledged networks could pass the
+            # first and a fourth created in between (still sending) the second (seen).
+            current = [statuses(self.engine, e) for e in self.event_ids]
+            if all(len(by_provider) == len(PROVIDERS) and all(s.status == "returned-ack" for s in by_provider.values())
+                   for by_provider in current):
                 return
             time.sleep(0.5)
         pending = {str(e): {p: s.status for p, s in statuses(self.engine, e).items()} for e in self.event_ids}
