@@ -13,7 +13,7 @@ import os
 import statistics
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -225,36 +225,33 @@ class Bench:
 
     def inprocess_latency(self, samples: int) -> list[float]:
         """The flow called here, against the same Prefect server: call → 4th provider call."""
-        result = []
         with self._in_process() as send_broadcast_event:
             send_broadcast_event(str(self.new_event()[0]))  # warm-up: imports, clients, pools
-            for _ in range(samples):
-                event_id, tag = self.new_event()
-                start = time.time()
-                send_broadcast_event(str(event_id))
-                found = self.wait_for_calls(tag, len(PROVIDERS))
-                result.append(at(found[len(PROVIDERS) - 1]["received_at"]) - start)
-        return result
+            return [self._to_4th_call(lambda event_id: send_broadcast_event(str(event_id))) for _ in range(samples)]
 
     def direct_sends(self, samples: int) -> list[float]:
         """The in-process figure's baseline: the four sends (`dispatch.send_once`: the checks, the
         lock, the call and its record; no provider slot) in four threads with no Prefect run
         around them: start → 4th provider call."""
+        def send_all(event_id: uuid.UUID) -> None:
+            for future in [self.direct.submit(self._send_once, event_id, provider) for provider in PROVIDERS]:
+                future.result()
+
+        return [self._to_4th_call(send_all) for _ in range(samples)]
+
+    def _to_4th_call(self, send: Callable[[uuid.UUID], object]) -> float:
+        """Seconds from `send(event_id)` starting, for a new event, to its 4th provider call."""
+        event_id, tag = self.new_event()
+        start = time.time()
+        send(event_id)
+        found = self.wait_for_calls(tag, len(PROVIDERS))
+        return at(found[len(PROVIDERS) - 1]["received_at"]) - start
+
+    def _send_once(self, event_id: uuid.UUID, provider: str) -> None:
         from broadcasts.dispatch import send_once
 
-        def send(event_id: uuid.UUID, provider: str) -> None:
-            send_once(self.engine, self.proxy, event_id, provider, enabled=PROVIDERS,
-                      headline=self.settings.broadcast_headline)
-
-        result = []
-        for _ in range(samples):
-            event_id, tag = self.new_event()
-            start = time.time()
-            for future in [self.direct.submit(send, event_id, provider) for provider in PROVIDERS]:
-                future.result()
-            found = self.wait_for_calls(tag, len(PROVIDERS))
-            result.append(at(found[len(PROVIDERS) - 1]["received_at"]) - start)
-        return result
+        send_once(self.engine, self.proxy, event_id, provider, enabled=PROVIDERS,
+                  headline=self.settings.broadcast_headline)
 
     def retry_gaps(self, scale: float, failures: int) -> tuple[list[float], list[float]]:
         """The waits of a provider failing `failures` attempts (all four routes), with the retry
@@ -320,14 +317,11 @@ class Bench:
         return empty, full
 
     def _send_all(self, counting: dict[str, Any] | None = None) -> float:
-        from broadcasts.dispatch import send_once
-
         event_id, _ = self.new_event()
         if counting is not None:
             counting["n"] = 0
         for provider in PROVIDERS:
-            send_once(self.engine, self.proxy, event_id, provider, enabled=PROVIDERS,
-                             headline=self.settings.broadcast_headline)
+            self._send_once(event_id, provider)
         return round(counting["n"] / len(PROVIDERS), 2) if counting is not None else 0.0
 
     def _insert_history(self, events: int) -> None:

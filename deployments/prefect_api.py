@@ -193,15 +193,13 @@ def prefect_errors() -> Iterator[None]:
         hint = ": set PREFECT_API_AUTH_STRING to the server's auth string" if error.response.status_code == 401 else ""
         raise PrefectApiError(
             f"the Prefect API at {PREFECT_API_URL.value()} answered HTTP {error.response.status_code}{hint}") from None
-    except httpx.TransportError as error:
-        raise PrefectApiError(
-            f"cannot reach the Prefect API at {PREFECT_API_URL.value()}: {error or type(error).__name__}") from None
-    except RuntimeError as error:  # a new client's version check wraps what stopped it
-        cause = error.__cause__
-        if not isinstance(cause, httpx.TransportError):
+    except (httpx.TransportError, RuntimeError) as error:
+        # A new client's version check wraps what stopped it in a RuntimeError.
+        unreachable = error.__cause__ if isinstance(error, RuntimeError) else error
+        if not isinstance(unreachable, httpx.TransportError):
             raise
-        raise PrefectApiError(
-            f"cannot reach the Prefect API at {PREFECT_API_URL.value()}: {cause or type(cause).__name__}") from None
+        raise PrefectApiError(f"cannot reach the Prefect API at {PREFECT_API_URL.value()}: "
+                              f"{unreachable or type(unreachable).__name__}") from None
 
 
 def require_api() -> None:
